@@ -1,0 +1,37 @@
+//! The seam between a chatmesh node and the message broker that links nodes.
+//!
+//! A node never talks to Redis, NATS or Kafka directly: it holds an
+//! `Arc<dyn Broker>` and exchanges [`Envelope`]s through it. This crate has no
+//! actix in it, so every broker crate can be built and tested on its own.
+//!
+//! # Layout
+//! - [`broker`]: the [`Broker`] trait, what it promises, and its request/answer types.
+//! - [`envelope`]: the [`Envelope`] nodes exchange (room message, direct, presence
+//!   change, typing/read signal, device takeover).
+//! - [`codec`]: the one place that turns envelopes into bytes (bincode 1.3.3 behind
+//!   a version byte, so the format can be swapped without a flag day).
+//! - [`pos`]: [`Pos`], the position of a message in a room's history.
+//! - [`topic`]: [`Topic`], what a node subscribes to.
+//! - [`error`]: [`BrokerError`], which tells a caller whether to retry.
+//! - [`memory`]: [`MemoryBroker`], the embedded in-process broker for one node.
+//! - [`dedupe`]: the `cid` dedupe window shared by brokers that keep it in process.
+
+pub mod broker;
+pub mod codec;
+pub mod dedupe;
+pub mod envelope;
+pub mod error;
+pub mod memory;
+pub mod pos;
+pub mod topic;
+
+pub use broker::{
+    Broker, BrokerEvent, DedupeKey, Delivery, History, HistoryQuery, NodeInfo, Published,
+};
+pub use envelope::{
+    DirectMessage, Envelope, PresenceChange, RoomMessage, Signal, SignalKind, Takeover,
+};
+pub use error::BrokerError;
+pub use memory::{MemoryBroker, MemoryConfig};
+pub use pos::Pos;
+pub use topic::Topic;
