@@ -14,6 +14,7 @@
 //! - [`topic`]: [`Topic`], what a node subscribes to.
 //! - [`error`]: [`BrokerError`], which tells a caller whether to retry.
 //! - [`memory`]: [`MemoryBroker`], the embedded in-process broker for one node.
+//! - [`settings`]: [`BrokerSettings`], what every broker is configured with.
 //! - [`dedupe`]: the `cid` dedupe window shared by brokers that keep it in process.
 
 pub mod broker;
@@ -23,6 +24,7 @@ pub mod envelope;
 pub mod error;
 pub mod memory;
 pub mod pos;
+pub mod settings;
 pub mod topic;
 
 pub use broker::{
@@ -34,4 +36,5 @@ pub use envelope::{
 pub use error::BrokerError;
 pub use memory::{MemoryBroker, MemoryConfig};
 pub use pos::Pos;
+pub use settings::BrokerSettings;
 pub use topic::Topic;

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex as StdMutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, Mutex};
@@ -24,23 +24,8 @@ use crate::{
 /// How many events may wait for the node's bridge before publishers wait.
 const EVENT_BUFFER: usize = 16 * 1024;
 
-/// Settings of the embedded broker.
-#[derive(Debug, Clone)]
-pub struct MemoryConfig {
-    /// Messages kept per room.
-    pub history_size: usize,
-    /// How long a `cid` is remembered.
-    pub dedupe_window: Duration,
-}
-
-impl Default for MemoryConfig {
-    fn default() -> Self {
-        Self {
-            history_size: 1000,
-            dedupe_window: Duration::from_secs(300),
-        }
-    }
-}
+/// Settings of the embedded broker (the namespace does not matter in one process).
+pub type MemoryConfig = crate::BrokerSettings;
 
 #[derive(Debug, Default)]
 struct RoomLog {
