@@ -1,1 +1,15 @@
-//! placeholder
+//! Helpers for the chatmesh cluster suite: they start real brokers and real
+//! `chatmesh` node processes on free loopback ports and drive them with real
+//! WebSocket clients. Nothing here is a mock.
+//!
+//! # Layout
+//! - [`node`]: start a `chatmesh` process, wait until it is ready, kill it on drop,
+//!   print its log when a test fails.
+//! - [`client`]: a WebSocket test client speaking protocol v1.
+//! - [`redis`]: start `redis-server` (one server or a 3-master cluster).
+//! - [`ports`]: free loopback ports.
+
+pub mod client;
+pub mod node;
+pub mod ports;
+pub mod redis;

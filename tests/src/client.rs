@@ -1,0 +1,1 @@
+//! A WebSocket test client speaking protocol v1.

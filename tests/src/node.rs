@@ -1,0 +1,1 @@
+//! Start a `chatmesh` node process for a test.

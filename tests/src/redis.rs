@@ -1,0 +1,1 @@
+//! Start real `redis-server` processes for tests.
