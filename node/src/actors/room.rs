@@ -1,0 +1,332 @@
+//! `Room`: one actor per room that has members on this node.
+//!
+//! It holds the local members and fans every inbound room envelope out to them:
+//! the frame is serialized once and the same bytes are pushed to each member's
+//! outbox. It also runs the join protocol, which is where recovery is made exact:
+//!
+//! 1. the member is added as *pending*: live frames for it are buffered;
+//! 2. the room waits until the broker subscription is held (so nothing published
+//!    after `joined` can be missed), records presence, then reads history —
+//!    everything after `since`, or just the newest position;
+//! 3. `joined` goes out, then the replayed messages, then the buffered live
+//!    frames whose position is after the last one sent (dropping the overlap
+//!    between history and live traffic), and the member becomes active.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chatmesh_broker::{Broker, BrokerError, Delivery, Envelope, HistoryQuery, Pos, SignalKind};
+use serde_json::Value;
+
+use super::subscriptions::Ready;
+use crate::ids::ConnId;
+use crate::outbox::Outbox;
+use crate::protocol::server::{self, Frame};
+use crate::protocol::ErrorCode;
+
+/// Per-room settings taken from the node config.
+#[derive(Debug, Clone)]
+pub struct RoomSettings {
+    /// How long a join waits for the broker subscription before `unavailable`.
+    pub subscribe_timeout: Duration,
+}
+
+enum State {
+    /// Joined and live.
+    Active,
+    /// Join in progress: live frames wait here, with their positions.
+    Pending { buffer: Vec<(Option<Pos>, Frame)> },
+}
+
+struct Member {
+    user: Arc<str>,
+    outbox: Outbox,
+    state: State,
+    /// Identifies the join in progress, so a superseded one does not finish.
+    attempt: u64,
+}
+
+/// See the module docs.
+pub struct Room {
+    name: Arc<str>,
+    broker: Arc<dyn Broker>,
+    node_id: Arc<str>,
+    ready: Ready,
+    settings: RoomSettings,
+    members: HashMap<ConnId, Member>,
+    /// Local connections per user, to tell the broker about a user's first and last.
+    users: HashMap<Arc<str>, usize>,
+    attempts: u64,
+}
+
+impl Room {
+    pub fn new(
+        name: String,
+        broker: Arc<dyn Broker>,
+        node_id: Arc<str>,
+        ready: Ready,
+        settings: RoomSettings,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            broker,
+            node_id,
+            ready,
+            settings,
+            members: HashMap::new(),
+            users: HashMap::new(),
+            attempts: 0,
+        }
+    }
+
+    /// Forgets a member; tells the broker when it was the user's last local connection.
+    fn remove(&mut self, conn: ConnId) {
+        let Some(member) = self.members.remove(&conn) else {
+            return;
+        };
+        let last = match self.users.get_mut(&member.user) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                self.users.remove(&member.user);
+                true
+            }
+        };
+        if last {
+            let (broker, room, node, user) = (
+                self.broker.clone(),
+                self.name.clone(),
+                self.node_id.clone(),
+                member.user,
+            );
+            tokio::spawn(async move {
+                if let Err(e) = broker.presence_leave(&room, &user, &node).await {
+                    tracing::warn!(room = %room, user = %user, cause = %e, "presence leave failed");
+                }
+            });
+        }
+    }
+
+    fn frame_for(d: &Delivery) -> Option<(Frame, Option<&str>)> {
+        Some(match &d.envelope {
+            Envelope::Message(m) => (server::message(m, d.pos?), None),
+            // A user learns of their own joins from `joined`, not from a diff.
+            Envelope::Presence(p) => (
+                server::presence_diff(&p.room, &p.user, p.joined),
+                Some(p.user.as_str()),
+            ),
+            Envelope::Signal(s) => {
+                let frame = match &s.kind {
+                    SignalKind::Typing => server::typing(&s.room, &s.user),
+                    SignalKind::Read(pos) => server::read(&s.room, &s.user, pos),
+                };
+                // A user's own signals are not echoed to them.
+                (frame, Some(s.user.as_str()))
+            }
+            Envelope::Direct(_) | Envelope::Takeover(_) => return None,
+        })
+    }
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let conns: Vec<ConnId> = self.members.keys().copied().collect();
+        for conn in conns {
+            self.remove(conn);
+        }
+    }
+}
+
+/// A connection joins (or re-joins) this room.
+#[derive(Message)]
+#[rtype(result = "Result<(), ErrorCode>")]
+pub struct Join {
+    pub conn: ConnId,
+    pub user: Arc<str>,
+    pub outbox: Outbox,
+    pub since: Option<Pos>,
+    pub reference: Option<Value>,
+}
+
+struct Joining {
+    latest: Option<Pos>,
+    replay: Vec<(Pos, chatmesh_broker::RoomMessage)>,
+    recovered: bool,
+    members: usize,
+}
+
+impl Handler<Join> for Room {
+    type Result = ResponseActFuture<Self, Result<(), ErrorCode>>;
+
+    fn handle(&mut self, msg: Join, _ctx: &mut Self::Context) -> Self::Result {
+        self.attempts += 1;
+        let attempt = self.attempts;
+        let first_of_user = match self.members.get_mut(&msg.conn) {
+            Some(member) => {
+                member.state = State::Pending { buffer: Vec::new() };
+                member.attempt = attempt;
+                false
+            }
+            None => {
+                let n = self.users.entry(msg.user.clone()).or_insert(0);
+                *n += 1;
+                self.members.insert(
+                    msg.conn,
+                    Member {
+                        user: msg.user.clone(),
+                        outbox: msg.outbox,
+                        state: State::Pending { buffer: Vec::new() },
+                        attempt,
+                    },
+                );
+                *n == 1
+            }
+        };
+        let (broker, room, node, user) = (
+            self.broker.clone(),
+            self.name.clone(),
+            self.node_id.clone(),
+            msg.user,
+        );
+        let mut ready = self.ready.clone();
+        let timeout = self.settings.subscribe_timeout;
+        let since = msg.since;
+        let work = async move {
+            if !ready.wait(timeout).await {
+                return Err(BrokerError::Unavailable(
+                    "subscription not confirmed".into(),
+                ));
+            }
+            if first_of_user {
+                broker.presence_join(&room, &user, &node).await?;
+            }
+            let query = match since {
+                Some(pos) => HistoryQuery::Since { pos },
+                None => HistoryQuery::Latest { limit: 0 },
+            };
+            let history = broker.history(&room, query).await?;
+            let members = broker.presence(&room).await?.len();
+            let recovered = since.is_none() || history.complete;
+            Ok(Joining {
+                latest: history.latest,
+                replay: if recovered {
+                    history.messages
+                } else {
+                    Vec::new()
+                },
+                recovered,
+                members,
+            })
+        };
+        let conn = msg.conn;
+        let reference = msg.reference;
+        Box::pin(work.into_actor(self).map(move |res, act, _ctx| {
+            let Some(member) = act.members.get_mut(&conn) else {
+                // Left (or closed) while joining: nothing to answer.
+                return Ok(());
+            };
+            if member.attempt != attempt {
+                return Ok(());
+            }
+            let joining = match res {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(room = %act.name, cause = %e, "join failed");
+                    act.remove(conn);
+                    return Err(ErrorCode::from(&e));
+                }
+            };
+            let State::Pending { buffer } = std::mem::replace(&mut member.state, State::Active)
+            else {
+                return Ok(());
+            };
+            let outbox = &member.outbox;
+            let _ = outbox.send(server::joined(
+                &act.name,
+                joining.latest,
+                joining.recovered,
+                joining.members,
+                reference.as_ref(),
+            ));
+            let mut last = joining.latest;
+            for (pos, m) in &joining.replay {
+                let _ = outbox.send(server::message(m, *pos));
+                last = last.max(Some(*pos));
+            }
+            for (pos, frame) in buffer {
+                match pos {
+                    Some(p) if Some(p) <= last => {}
+                    _ => {
+                        let _ = outbox.send(frame);
+                    }
+                }
+            }
+            Ok(())
+        }))
+    }
+}
+
+/// A connection leaves.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    pub conn: ConnId,
+}
+
+impl Handler<Leave> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, _ctx: &mut Self::Context) {
+        self.remove(msg.conn);
+    }
+}
+
+/// An inbound envelope of this room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Delivery);
+
+impl Handler<Deliver> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, _ctx: &mut Self::Context) {
+        let Some((frame, skip_user)) = Self::frame_for(&msg.0) else {
+            return;
+        };
+        let pos = msg.0.pos;
+        let mut delivered = 0;
+        for member in self.members.values_mut() {
+            if skip_user == Some(&*member.user) {
+                continue;
+            }
+            match &mut member.state {
+                State::Active => {
+                    if member.outbox.send(frame.clone()).is_ok() {
+                        delivered += 1;
+                    }
+                }
+                State::Pending { buffer } => buffer.push((pos, frame.clone())),
+            }
+        }
+        crate::metrics::deliveries(delivered);
+    }
+}
+
+/// The bridge dropped this room: its last local member left.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,174 @@
+//! `User`: one actor per user with connections on this node.
+//!
+//! It delivers directs to every local connection of the user (except the one
+//! that sent it) and enforces device takeover: a `Takeover` for this user's
+//! device, arriving from any node, closes every other connection with that
+//! device with 4009 `replaced`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chatmesh_broker::{Delivery, Envelope};
+
+use super::subscriptions::Ready;
+use crate::ids::ConnId;
+use crate::outbox::Outbox;
+use crate::protocol::{close, server, ErrorCode};
+
+/// How long attaching waits for the user's broker subscription.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Conn {
+    session: Arc<str>,
+    device: Option<String>,
+    outbox: Outbox,
+    kick: Recipient<Kick>,
+}
+
+/// See the module docs.
+pub struct User {
+    name: Arc<str>,
+    ready: Ready,
+    conns: HashMap<ConnId, Conn>,
+}
+
+impl User {
+    pub fn new(name: Arc<str>, ready: Ready) -> Self {
+        Self {
+            name,
+            ready,
+            conns: HashMap::new(),
+        }
+    }
+}
+
+impl Actor for User {
+    type Context = Context<Self>;
+}
+
+/// Tells a connection to close with a code.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Kick {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// A connection of this user opened. Resolves once the user's topic is held, so
+/// directs sent afterwards reach it.
+#[derive(Message)]
+#[rtype(result = "Result<(), ErrorCode>")]
+pub struct Attach {
+    pub conn: ConnId,
+    pub session: Arc<str>,
+    pub device: Option<String>,
+    pub outbox: Outbox,
+    pub kick: Recipient<Kick>,
+}
+
+impl Handler<Attach> for User {
+    type Result = ResponseActFuture<Self, Result<(), ErrorCode>>;
+
+    fn handle(&mut self, msg: Attach, _ctx: &mut Self::Context) -> Self::Result {
+        self.conns.insert(
+            msg.conn,
+            Conn {
+                session: msg.session,
+                device: msg.device,
+                outbox: msg.outbox,
+                kick: msg.kick,
+            },
+        );
+        let mut ready = self.ready.clone();
+        let conn = msg.conn;
+        Box::pin(
+            async move { ready.wait(SUBSCRIBE_TIMEOUT).await }
+                .into_actor(self)
+                .map(move |held, act, _ctx| {
+                    if held {
+                        Ok(())
+                    } else {
+                        act.conns.remove(&conn);
+                        Err(ErrorCode::Unavailable)
+                    }
+                }),
+        )
+    }
+}
+
+/// A connection of this user closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach {
+    pub conn: ConnId,
+}
+
+impl Handler<Detach> for User {
+    type Result = ();
+
+    fn handle(&mut self, msg: Detach, _ctx: &mut Self::Context) {
+        self.conns.remove(&msg.conn);
+    }
+}
+
+/// An inbound envelope on this user's topic.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Delivery);
+
+impl Handler<Deliver> for User {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, _ctx: &mut Self::Context) {
+        match &msg.0.envelope {
+            Envelope::Direct(d) => {
+                // Directs travel on both the recipient's and the sender's topic;
+                // this actor only acts on the copy addressed to its own topic.
+                let to_me = d.to == *self.name;
+                let from_me = d.from == *self.name;
+                if !to_me && !from_me {
+                    return;
+                }
+                let frame = server::direct(d);
+                let mut delivered = 0;
+                for conn in self.conns.values() {
+                    if d.origin_session.as_deref() == Some(&*conn.session) {
+                        continue;
+                    }
+                    if conn.outbox.send(frame.clone()).is_ok() {
+                        delivered += 1;
+                    }
+                }
+                crate::metrics::deliveries(delivered);
+            }
+            Envelope::Takeover(t) if t.user == *self.name => {
+                for conn in self.conns.values() {
+                    if conn.device.as_deref() == Some(t.device.as_str())
+                        && *conn.session != *t.session
+                    {
+                        conn.kick.do_send(Kick {
+                            code: close::REPLACED,
+                            reason: "replaced",
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The bridge dropped this user: their last local connection closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for User {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,414 @@
+//! The node's configuration: defaults, then the TOML file named by `--config` or
+//! `CHATMESH_CONFIG`, then `CHATMESH_<SECTION>__<KEY>` environment variables
+//! (PROTOCOL.md §4). [`Config::load`] either returns a fully checked config or an
+//! error whose one line names the offending key: the node never starts
+//! half-configured.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A configuration problem, rendered as one line naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config error: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Which broker links the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    Memory,
+    Redis,
+    Nats,
+    Kafka,
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    None,
+    Jwt,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// HTTP worker threads; 0 = one per CPU.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeConfig {
+    /// Empty = host name plus a random suffix.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BrokerConfig {
+    pub kind: BrokerKind,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub jwt_secret: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiConfig {
+    #[serde(deserialize_with = "list_or_csv")]
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryConfig {
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceConfig {
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DedupeConfig {
+    pub window_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LimitsConfig {
+    pub publish_per_sec: f64,
+    pub publish_burst: f64,
+    pub outbound_bytes: usize,
+    pub max_frame: usize,
+    pub max_rooms_per_connection: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WsConfig {
+    /// How often the node pings each client (sent to clients in `hello`).
+    pub heartbeat_ms: u64,
+    /// A client silent for this long (no frame, no pong) is closed.
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShutdownConfig {
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `chatmesh=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+/// The whole configuration. Field names are the keys of PROTOCOL.md §4.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub node: NodeConfig,
+    pub broker: BrokerConfig,
+    pub cluster: ClusterConfig,
+    pub auth: AuthConfig,
+    pub api: ApiConfig,
+    pub history: HistoryConfig,
+    pub presence: PresenceConfig,
+    pub dedupe: DedupeConfig,
+    pub limits: LimitsConfig,
+    pub ws: WsConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http: HttpConfig {
+                listen: "127.0.0.1:8080".into(),
+                workers: 0,
+            },
+            node: NodeConfig { id: String::new() },
+            broker: BrokerConfig {
+                kind: BrokerKind::Memory,
+                url: String::new(),
+            },
+            cluster: ClusterConfig {
+                namespace: "chatmesh".into(),
+            },
+            auth: AuthConfig {
+                mode: AuthMode::None,
+                jwt_secret: String::new(),
+            },
+            api: ApiConfig { keys: Vec::new() },
+            history: HistoryConfig { size: 1000 },
+            presence: PresenceConfig { ttl_ms: 30_000 },
+            dedupe: DedupeConfig { window_ms: 300_000 },
+            limits: LimitsConfig {
+                publish_per_sec: 1000.0,
+                publish_burst: 2000.0,
+                outbound_bytes: 1 << 20,
+                max_frame: 65_536,
+                max_rooms_per_connection: 1000,
+            },
+            ws: WsConfig {
+                heartbeat_ms: 25_000,
+                idle_timeout_ms: 60_000,
+            },
+            shutdown: ShutdownConfig { timeout_ms: 10_000 },
+            log: LogConfig {
+                format: LogFormat::Text,
+                level: "info".into(),
+            },
+        }
+    }
+}
+
+/// `api.keys` comes as a TOML list or, from the environment, as `a,b,c`.
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(v) => v,
+        Either::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+impl Config {
+    /// Loads and checks the configuration. `file` is `--config` (or
+    /// `CHATMESH_CONFIG`, resolved by the caller).
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The layered sources, in precedence order.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        // `CHATMESH_CONFIG` names the file; it is not a key.
+        fig.merge(Env::prefixed("CHATMESH_").split("__").ignore(&["config"]))
+    }
+
+    /// Extracts and checks a config from any figment (tests use this directly).
+    pub fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
+        let mut config: Config = fig.extract().map_err(one_line)?;
+        config.check()?;
+        if config.node.id.is_empty() {
+            config.node.id = default_node_id();
+        }
+        Ok(config)
+    }
+
+    /// The address to listen on (checked by [`Config::load`]).
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.http.listen.parse().map_err(|_| {
+            ConfigError::new(
+                "http.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080",
+                    self.http.listen
+                ),
+            )
+        })
+    }
+
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_millis(self.presence.ttl_ms)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.broker.kind != BrokerKind::Memory && self.broker.url.trim().is_empty() {
+            return Err(ConfigError::new(
+                "broker.url",
+                format!("required when broker.kind is {:?}", self.broker.kind).to_lowercase(),
+            ));
+        }
+        let ns = &self.cluster.namespace;
+        if ns.is_empty()
+            || ns.len() > 64
+            || !ns
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(ConfigError::new(
+                "cluster.namespace",
+                "1 to 64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
+            ));
+        }
+        if self.auth.mode == AuthMode::Jwt && self.auth.jwt_secret.is_empty() {
+            return Err(ConfigError::new(
+                "auth.jwt_secret",
+                "required when auth.mode is jwt",
+            ));
+        }
+        let positive = [
+            ("history.size", self.history.size as f64),
+            ("presence.ttl_ms", self.presence.ttl_ms as f64),
+            ("dedupe.window_ms", self.dedupe.window_ms as f64),
+            ("limits.publish_per_sec", self.limits.publish_per_sec),
+            ("limits.publish_burst", self.limits.publish_burst),
+            ("limits.outbound_bytes", self.limits.outbound_bytes as f64),
+            ("limits.max_frame", self.limits.max_frame as f64),
+            (
+                "limits.max_rooms_per_connection",
+                self.limits.max_rooms_per_connection as f64,
+            ),
+            ("ws.heartbeat_ms", self.ws.heartbeat_ms as f64),
+            ("ws.idle_timeout_ms", self.ws.idle_timeout_ms as f64),
+            ("shutdown.timeout_ms", self.shutdown.timeout_ms as f64),
+        ];
+        for (key, value) in positive {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(ConfigError::new(key, "must be greater than 0"));
+            }
+        }
+        if self.limits.publish_burst < 1.0 {
+            return Err(ConfigError::new(
+                "limits.publish_burst",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// figment errors name the key as a path; keep the first one, on one line.
+fn one_line(err: figment::Error) -> ConfigError {
+    let key = err.path.join(".");
+    let mut message = err.kind.to_string();
+    if let Some(source) = err.metadata.as_ref().map(|m| m.name.to_string()) {
+        message = format!("{message} (from {source})");
+    }
+    ConfigError::new(
+        if key.is_empty() { "config" } else { &key },
+        message.replace('\n', " "),
+    )
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    format!("{host}-{:04x}", rand::random::<u16>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(clippy::result_large_err)] // figment::Jail fixes the closure type.
+    fn load_with(vars: &[(&str, &str)], toml: Option<&str>) -> Result<Config, ConfigError> {
+        let mut result = None;
+        figment::Jail::expect_with(|jail| {
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            let file = toml.map(|t| {
+                jail.create_file("chatmesh.toml", t).expect("write toml");
+                std::path::PathBuf::from("chatmesh.toml")
+            });
+            result = Some(Config::load(file.as_deref()));
+            Ok(())
+        });
+        result.expect("jail ran")
+    }
+
+    #[test]
+    fn defaults_match_the_protocol() {
+        let c = load_with(&[], None).expect("defaults load");
+        assert_eq!(c.http.listen, "127.0.0.1:8080");
+        assert_eq!(c.broker.kind, BrokerKind::Memory);
+        assert_eq!(c.cluster.namespace, "chatmesh");
+        assert_eq!(c.history.size, 1000);
+        assert_eq!(c.presence.ttl_ms, 30_000);
+        assert_eq!(c.limits.outbound_bytes, 1_048_576);
+        assert_eq!(c.limits.max_frame, 65_536);
+        assert_eq!(c.shutdown.timeout_ms, 10_000);
+        assert!(c.api.keys.is_empty());
+        assert!(!c.node.id.is_empty());
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        let c = load_with(
+            &[
+                ("CHATMESH_HISTORY__SIZE", "7"),
+                ("CHATMESH_API__KEYS", "k1, k2"),
+                ("CHATMESH_CONFIG", "ignored"),
+            ],
+            Some("[history]\nsize = 5\n[cluster]\nnamespace = \"prod\"\n"),
+        )
+        .expect("loads");
+        assert_eq!(c.history.size, 7);
+        assert_eq!(c.cluster.namespace, "prod");
+        assert_eq!(c.api.keys, ["k1", "k2"]);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("CHATMESH_BROKER__KIND", "bogus")], "broker.kind"),
+            (&[("CHATMESH_HTTP__LISTEN", "nope")], "http.listen"),
+            (&[("CHATMESH_BROKER__KIND", "redis")], "broker.url"),
+            (&[("CHATMESH_AUTH__MODE", "jwt")], "auth.jwt_secret"),
+            (&[("CHATMESH_HISTORY__SIZE", "lots")], "history.size"),
+            (&[("CHATMESH_LIMITS__MAX_FRAME", "0")], "limits.max_frame"),
+            (
+                &[("CHATMESH_CLUSTER__NAMESPACE", "a b")],
+                "cluster.namespace",
+            ),
+        ];
+        for (vars, key) in cases {
+            let err = load_with(vars, None).expect_err("must fail");
+            let line = err.to_string();
+            assert!(line.contains(key), "{line:?} does not name {key}");
+            assert!(!line.contains('\n'), "{line:?} is not one line");
+        }
+    }
+}

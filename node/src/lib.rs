@@ -1,0 +1,30 @@
+//! chatmesh: a distributed WebSocket chat node.
+//!
+//! Inside a node every connection, room and user is an actix actor; a
+//! [`actors::bridge::ClusterBridge`] links the node to the others through a
+//! [`chatmesh_broker::Broker`] chosen by config. The client contract is
+//! `PROTOCOL.md`.
+//!
+//! # Layout
+//! - [`config`]: configuration keys, loading and checking.
+//! - [`server`]: wiring a node together and running it.
+//! - [`http`]: the WebSocket upgrade and HTTP endpoints.
+//! - [`actors`]: connection, room, user and bridge actors.
+//! - [`protocol`]: client and server frames, error and close codes.
+//! - [`outbox`]: the bounded per-connection send queue and its writer.
+//! - [`brokers`]: building the configured broker.
+//! - [`limiter`]: the per-connection token bucket.
+//! - [`metrics`]: metric names.
+//! - [`context`], [`ids`]: shared node state; ids and clocks.
+
+pub mod actors;
+pub mod brokers;
+pub mod config;
+pub mod context;
+pub mod http;
+pub mod ids;
+pub mod limiter;
+pub mod metrics;
+pub mod outbox;
+pub mod protocol;
+pub mod server;

@@ -1,0 +1,10 @@
+//! Protocol v1 as JSON text frames (PROTOCOL.md §2): what clients send
+//! ([`client`]), what the node sends ([`server`]), and the error and close codes
+//! both sides rely on ([`codes`]).
+
+pub mod client;
+pub mod codes;
+pub mod server;
+
+pub use client::{parse, ClientFrame, FrameError, Request};
+pub use codes::{close, ErrorCode};
