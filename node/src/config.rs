@@ -82,7 +82,10 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthConfig {
     pub mode: AuthMode,
+    /// HS256 secret.
     pub jwt_secret: String,
+    /// RS256 public key (PEM); when set, tokens must be RS256 instead of HS256.
+    pub jwt_public_key_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +174,7 @@ impl Default for Config {
             auth: AuthConfig {
                 mode: AuthMode::None,
                 jwt_secret: String::new(),
+                jwt_public_key_file: String::new(),
             },
             api: ApiConfig { keys: Vec::new() },
             history: HistoryConfig { size: 1000 },
@@ -279,10 +283,13 @@ impl Config {
                 "1 to 64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
             ));
         }
-        if self.auth.mode == AuthMode::Jwt && self.auth.jwt_secret.is_empty() {
+        if self.auth.mode == AuthMode::Jwt
+            && self.auth.jwt_secret.is_empty()
+            && self.auth.jwt_public_key_file.is_empty()
+        {
             return Err(ConfigError::new(
                 "auth.jwt_secret",
-                "required when auth.mode is jwt",
+                "required when auth.mode is jwt (or set auth.jwt_public_key_file for RS256)",
             ));
         }
         let positive = [

@@ -1,11 +1,15 @@
 //! What every part of a node shares: its config, identity, broker handle,
 //! bridge address and live counters.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use actix::Addr;
 use chatmesh_broker::Broker;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+use crate::auth::Authenticator;
 
 use crate::actors::bridge::ClusterBridge;
 use crate::config::Config;
@@ -20,14 +24,22 @@ pub struct NodeContext {
     pub connections: Arc<AtomicU64>,
     /// Milliseconds since the epoch at start.
     pub started_ms: u64,
-    /// Set on SIGTERM: the node refuses new clients and `/ready` answers 503.
-    pub draining: AtomicBool,
+    /// Becomes true on SIGTERM: the node refuses new clients, `/ready` answers
+    /// 503, and every connection closes with 1012.
+    pub drain: watch::Sender<bool>,
+    pub auth: Authenticator,
+    /// Renders `/metrics`; `None` when another recorder is installed (tests).
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl NodeContext {
     /// Whether the node accepts clients: broker linked and not draining.
     pub fn is_ready(&self) -> bool {
-        self.broker.is_connected() && !self.draining.load(Ordering::Acquire)
+        self.broker.is_connected() && !self.is_draining()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.drain.borrow()
     }
 }
 

@@ -1,24 +1,27 @@
-//! The HTTP side of a node: the WebSocket upgrade at `/ws` and the operational
-//! endpoints `/health` and `/ready`.
+//! The HTTP side of a node: the WebSocket upgrade at `/ws`, the demo page, and
+//! the operational endpoints `/health`, `/ready` and `/metrics`.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use crate::actors::connection::{Connection, WriterDone};
+use crate::auth::{AuthError, Identity};
+use crate::config::AuthMode;
 use crate::context::Ctx;
 use crate::ids;
 use crate::outbox;
 use crate::protocol::{client, ErrorCode};
 
-/// Registers every route.
+/// Registers every route of this module.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(websocket))
         .route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready));
+        .route("/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics))
+        .route("/", web::get().to(demo));
 }
 
 /// A JSON error answer of PROTOCOL.md §3.
@@ -28,17 +31,103 @@ pub fn error(code: ErrorCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({"error": {"code": code.as_str(), "message": message}}))
 }
 
+/// An HTTP API failure, answered as JSON with the status of its code.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: &str) -> Self {
+        Self {
+            code,
+            message: message.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl actix_web::ResponseError for ApiError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        actix_web::http::StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        error(self.code, &self.message)
+    }
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
 async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
 async fn ready(ctx: web::Data<Ctx>) -> HttpResponse {
-    if ctx.draining.load(Ordering::Acquire) {
+    if ctx.is_draining() {
         error(ErrorCode::Unavailable, "draining")
     } else if !ctx.broker.is_connected() {
         error(ErrorCode::Unavailable, "broker not connected")
     } else {
         HttpResponse::Ok().json(json!({"status": "ready", "node": ctx.node_id}))
+    }
+}
+
+async fn metrics(ctx: web::Data<Ctx>) -> HttpResponse {
+    match &ctx.metrics {
+        Some(handle) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(handle.render()),
+        None => error(
+            ErrorCode::NotFound,
+            "metrics are not enabled in this process",
+        ),
+    }
+}
+
+async fn demo() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("demo/index.html"))
+}
+
+fn identify(
+    req: &HttpRequest,
+    query: &HashMap<String, String>,
+    ctx: &Ctx,
+) -> Result<Identity, ApiError> {
+    match ctx.auth.mode() {
+        AuthMode::None => match query.get("user") {
+            None => Ok(Identity::unrestricted(ids::guest_id())),
+            Some(u) => client::name("user", u.clone())
+                .map(Identity::unrestricted)
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, &e)),
+        },
+        AuthMode::Jwt => {
+            let token = query
+                .get("token")
+                .map(String::as_str)
+                .or_else(|| bearer(req));
+            let token = token.ok_or(AuthError::Missing);
+            token
+                .and_then(|t| ctx.auth.verify(t))
+                .map_err(|e| ApiError::new(ErrorCode::Unauthorized, &e.to_string()))
+        }
     }
 }
 
@@ -56,12 +145,9 @@ async fn websocket(
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
         .map(|q| q.into_inner())
         .unwrap_or_default();
-    let user = match query.get("user") {
-        None => ids::guest_id(),
-        Some(u) => match client::name("user", u.clone()) {
-            Ok(u) => u,
-            Err(e) => return Ok(error(ErrorCode::BadRequest, &e)),
-        },
+    let identity = match identify(&req, &query, &ctx) {
+        Ok(id) => id,
+        Err(e) => return Ok(error(e.code, &e.message)),
     };
     let device = match query.get("device") {
         None => None,
@@ -85,7 +171,7 @@ async fn websocket(
             let _ = writer_done.await;
             addr.do_send(WriterDone);
         });
-        Connection::new(ctx, user, device, outbox)
+        Connection::new(ctx, identity, device, outbox)
     });
     Ok(response)
 }

@@ -8,17 +8,23 @@
 //! # Layout
 //! - [`config`]: configuration keys, loading and checking.
 //! - [`server`]: wiring a node together and running it.
-//! - [`http`]: the WebSocket upgrade and HTTP endpoints.
+//! - [`http`]: the WebSocket upgrade and operational endpoints.
+//! - [`api`]: the HTTP API and the webhook.
+//! - [`auth`]: JWTs and API keys.
 //! - [`actors`]: connection, room, user and bridge actors.
 //! - [`protocol`]: client and server frames, error and close codes.
 //! - [`outbox`]: the bounded per-connection send queue and its writer.
 //! - [`brokers`]: building the configured broker.
 //! - [`limiter`]: the per-connection token bucket.
 //! - [`metrics`]: metric names.
+//! - [`compose`]: stamping new messages with id and time.
 //! - [`context`], [`ids`]: shared node state; ids and clocks.
 
 pub mod actors;
+pub mod api;
+pub mod auth;
 pub mod brokers;
+pub mod compose;
 pub mod config;
 pub mod context;
 pub mod http;

@@ -40,7 +40,8 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config);
-    let result = actix_rt::System::new().block_on(chatmesh::server::run(config));
+    let metrics = chatmesh::server::install_metrics();
+    let result = actix_rt::System::new().block_on(chatmesh::server::run(config, metrics));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,21 +1,55 @@
-//! Starting and stopping a node: broker, bridge, HTTP server.
+//! Starting and stopping a node: broker, bridge, HTTP server, and the graceful
+//! drain on SIGTERM/SIGINT.
+//!
+//! Drain order: refuse new clients (`/ready` 503), close every WebSocket with
+//! 1012 so clients reconnect elsewhere and recover with `since`, wait for them
+//! to go (bounded by `shutdown.timeout_ms`), stop HTTP, close the broker, exit 0.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
 
 use crate::actors::bridge::ClusterBridge;
 use crate::actors::room::RoomSettings;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::context::NodeContext;
-use crate::{brokers, http, ids};
+use crate::{api, brokers, http, ids};
 
-/// Runs a node until it is stopped. Must be called inside an actix system.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Installs the process-wide Prometheus recorder. Only the binary calls this:
+/// a process has one recorder.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    let buckets = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
+    let builder = match PrometheusBuilder::new().set_buckets_for_metric(
+        Matcher::Full(crate::metrics::BROKER_PUBLISH_SECONDS.into()),
+        &buckets,
+    ) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(cause = %e, "metrics buckets not set");
+            PrometheusBuilder::new()
+        }
+    };
+    match builder.install_recorder() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(cause = %e, "metrics recorder not installed");
+            None
+        }
+    }
+}
+
+/// Runs a node until SIGTERM/SIGINT. Must be called inside an actix system.
+pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
+    let auth = Authenticator::from_config(&config)?;
     let broker = brokers::build(&config)?;
     let started_ms = ids::now_ms();
     let connections = Arc::new(AtomicU64::new(0));
@@ -32,13 +66,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(move || counter.load(Ordering::Acquire)),
     )
     .start();
+    let (drain, _) = watch::channel(false);
     let ctx = Arc::new(NodeContext {
         node_id: config.node.id.clone(),
         broker: broker.clone(),
         bridge,
         connections,
         started_ms,
-        draining: AtomicBool::new(false),
+        drain,
+        auth,
+        metrics,
         config: config.clone(),
     });
     let shared = ctx.clone();
@@ -50,14 +87,59 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         App::new()
             .app_data(web::Data::new(shared.clone()))
             .configure(http::routes)
+            .configure(api::routes)
+            .default_service(web::to(api::not_found))
     })
     .workers(workers)
-    .shutdown_timeout(config.shutdown.timeout_ms.div_ceil(1000))
+    .disable_signals()
+    .shutdown_timeout(1)
     .bind(addr)
     .map_err(|e| anyhow::anyhow!("http.listen: cannot listen on {addr}: {e}"))?
     .run();
+    let handle = server.handle();
     tracing::info!(node = %config.node.id, broker = broker.kind(), "listening on http://{addr}");
+    let drainer = actix_rt::spawn(async move {
+        wait_for_signal().await;
+        drain_clients(&ctx).await;
+        handle.stop(true).await;
+    });
     server.await?;
+    drainer.abort();
     broker.close().await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stopping only on ctrl-c");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn drain_clients(ctx: &NodeContext) {
+    let timeout = Duration::from_millis(ctx.config.shutdown.timeout_ms);
+    let open = ctx.connections.load(Ordering::Acquire);
+    tracing::info!(connections = open, "draining: closing clients with 1012");
+    ctx.drain.send_replace(true);
+    let deadline = Instant::now() + timeout;
+    while ctx.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = ctx.connections.load(Ordering::Acquire);
+    if left > 0 {
+        tracing::warn!(connections = left, "drain timeout; closing the rest");
+    }
 }

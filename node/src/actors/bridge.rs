@@ -99,6 +99,18 @@ impl ClusterBridge {
         }
     }
 
+    /// Publishes this node's heartbeat (counts, liveness, presence refresh).
+    fn beat(&self) {
+        let info = self.node_info();
+        crate::metrics::counts(info.connections, self.rooms.len(), self.users.len());
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            if let Err(e) = broker.heartbeat(&info).await {
+                tracing::warn!(cause = %e, "heartbeat failed");
+            }
+        });
+    }
+
     fn node_info(&self) -> NodeInfo {
         NodeInfo {
             id: self.node_id.to_string(),
@@ -120,16 +132,8 @@ impl Actor for ClusterBridge {
             }
             None => tracing::error!("broker events already taken; no inbound traffic"),
         }
-        ctx.run_interval(self.heartbeat, |act, _ctx| {
-            let info = act.node_info();
-            crate::metrics::counts(info.connections, act.rooms.len(), act.users.len());
-            let broker = act.broker.clone();
-            tokio::spawn(async move {
-                if let Err(e) = broker.heartbeat(&info).await {
-                    tracing::warn!(cause = %e, "heartbeat failed");
-                }
-            });
-        });
+        self.beat();
+        ctx.run_interval(self.heartbeat, |act, _ctx| act.beat());
     }
 }
 

@@ -15,14 +15,15 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use chatmesh_broker::{
-    BrokerError, DedupeKey, DirectMessage, Envelope, HistoryQuery, Published, RoomMessage, Signal,
-    SignalKind, Takeover,
+    BrokerError, DedupeKey, Envelope, HistoryQuery, Published, Signal, SignalKind, Takeover,
 };
 use serde_json::Value;
 
 use super::bridge::{AttachUser, DetachUser, JoinRoom, LeaveRoom};
 use super::room;
 use super::user::Kick;
+use crate::auth::Identity;
+use crate::compose;
 use crate::context::Ctx;
 use crate::ids::{self, ConnId};
 use crate::limiter::TokenBucket;
@@ -43,18 +44,21 @@ pub struct Connection {
     outbox: Outbox,
     /// Rooms joined or being joined; every one is left when the connection closes.
     rooms: HashSet<String>,
+    /// What the token allows; unrestricted without one.
+    identity: Identity,
     limiter: TokenBucket,
     last_seen: Instant,
 }
 
 impl Connection {
-    pub fn new(ctx: Ctx, user: String, device: Option<String>, outbox: Outbox) -> Self {
+    pub fn new(ctx: Ctx, identity: Identity, device: Option<String>, outbox: Outbox) -> Self {
         let limits = &ctx.config.limits;
         let limiter = TokenBucket::new(limits.publish_per_sec, limits.publish_burst);
         Self {
             id: ids::next_conn_id(),
             session: ids::random_id().into(),
-            user: user.into(),
+            user: identity.user.as_str().into(),
+            identity,
             device,
             outbox,
             rooms: HashSet::new(),
@@ -104,6 +108,19 @@ impl Connection {
         }
     }
 
+    fn permitted(&self, room: &str, reference: Option<&Value>) -> bool {
+        if self.identity.may_use(room) {
+            true
+        } else {
+            self.error(
+                ErrorCode::Forbidden,
+                "your token does not allow this room",
+                reference,
+            );
+            false
+        }
+    }
+
     fn joined(&self, room: &str, reference: Option<&Value>) -> bool {
         if self.rooms.contains(room) {
             true
@@ -146,19 +163,14 @@ impl Connection {
                 kind,
                 cid,
             } => {
-                if !self.joined(&room, reference.as_ref()) || !self.allowed(1.0, reference.as_ref())
+                if !self.permitted(&room, reference.as_ref())
+                    || !self.joined(&room, reference.as_ref())
+                    || !self.allowed(1.0, reference.as_ref())
                 {
                     return;
                 }
                 crate::metrics::message_in();
-                let msg = RoomMessage {
-                    room,
-                    id: ids::random_id(),
-                    from: self.user.to_string(),
-                    kind,
-                    body,
-                    ts: ids::now_ms(),
-                };
+                let msg = compose::room_message(room, self.user.to_string(), kind, body);
                 let dedupe = self.dedupe(cid);
                 let broker = self.ctx.broker.clone();
                 self.publish(
@@ -172,14 +184,12 @@ impl Connection {
                     return;
                 }
                 crate::metrics::message_in();
-                let msg = DirectMessage {
-                    id: ids::random_id(),
-                    from: self.user.to_string(),
+                let msg = compose::direct(
+                    self.user.to_string(),
                     to,
                     body,
-                    ts: ids::now_ms(),
-                    origin_session: Some(self.session.to_string()),
-                };
+                    Some(self.session.to_string()),
+                );
                 let dedupe = self.dedupe(cid);
                 let broker = self.ctx.broker.clone();
                 self.publish(
@@ -205,6 +215,9 @@ impl Connection {
                 before,
                 limit,
             } => {
+                if !self.permitted(&room, reference.as_ref()) {
+                    return;
+                }
                 let broker = self.ctx.broker.clone();
                 let query = match before {
                     Some(pos) => HistoryQuery::Before { pos, limit },
@@ -225,6 +238,9 @@ impl Connection {
                 );
             }
             ClientFrame::Presence { room } => {
+                if !self.permitted(&room, reference.as_ref()) {
+                    return;
+                }
                 let broker = self.ctx.broker.clone();
                 let work = async move {
                     let users = broker.presence(&room).await;
@@ -297,6 +313,9 @@ impl Connection {
         reference: Option<Value>,
         ctx: &mut Context<Self>,
     ) {
+        if !self.permitted(&room, reference.as_ref()) {
+            return;
+        }
         let max = self.ctx.config.limits.max_rooms_per_connection;
         if !self.rooms.contains(&room) && self.rooms.len() >= max {
             self.error(
@@ -356,6 +375,26 @@ impl Actor for Connection {
             &self.user,
             ws.heartbeat_ms,
         ));
+        if let Some(exp) = self.identity.expires {
+            let left = Duration::from_millis((exp * 1000).saturating_sub(ids::now_ms()));
+            ctx.run_later(left, |act, ctx| {
+                act.close(close::POLICY, "token expired", ctx)
+            });
+        }
+        let mut drain = self.ctx.drain.subscribe();
+        ctx.spawn(
+            async move {
+                let _ = drain.wait_for(|draining| *draining).await;
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| {
+                act.close(
+                    close::RESTART,
+                    "server restart: reconnect and join with since",
+                    ctx,
+                )
+            }),
+        );
         let idle = Duration::from_millis(ws.idle_timeout_ms);
         ctx.run_interval(Duration::from_millis(ws.heartbeat_ms), move |act, ctx| {
             if act.last_seen.elapsed() > idle {

@@ -1,0 +1,311 @@
+//! The HTTP API (PROTOCOL.md §3): publish to rooms and users, read history and
+//! presence, list nodes, and the Socket.IO-compatible `POST /webhook`.
+//!
+//! Every call needs `Authorization: Bearer <api key>`. In `jwt` mode the two
+//! publish calls also take a user's token: the message is then sent as that user
+//! and the token's room patterns apply. Bodies are read up to
+//! `limits.max_frame` bytes (413 beyond), and every error is JSON.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chatmesh_broker::{BrokerError, DedupeKey, HistoryQuery, Pos, Published};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Identity;
+use crate::config::AuthMode;
+use crate::context::Ctx;
+use crate::http::{bearer, error, ApiError};
+use crate::protocol::client::{self, HISTORY_DEFAULT, HISTORY_MAX};
+use crate::protocol::{server, ErrorCode};
+use crate::{compose, metrics};
+
+/// Registers every route of this module.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/rooms/{room}/messages", web::post().to(post_room))
+        .route("/api/v1/users/{user}/messages", web::post().to(post_user))
+        .route("/api/v1/rooms/{room}/history", web::get().to(history))
+        .route("/api/v1/rooms/{room}/presence", web::get().to(presence))
+        .route("/api/v1/nodes", web::get().to(nodes))
+        .route("/webhook", web::post().to(webhook));
+}
+
+/// Who is calling.
+enum Caller {
+    /// A backend with an API key: may send as anyone.
+    Backend,
+    /// A user with a token: sends as themself.
+    User(Identity),
+}
+
+type Answer = Result<HttpResponse, ApiError>;
+
+fn caller(req: &HttpRequest, ctx: &Ctx, user_tokens: bool) -> Result<Caller, ApiError> {
+    let Some(presented) = bearer(req) else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "Authorization: Bearer <api key> is required",
+        ));
+    };
+    if ctx.auth.is_api_key(presented) {
+        return Ok(Caller::Backend);
+    }
+    if user_tokens && ctx.auth.mode() == AuthMode::Jwt {
+        return ctx
+            .auth
+            .verify(presented)
+            .map(Caller::User)
+            .map_err(|e| ApiError::new(ErrorCode::Unauthorized, &e.to_string()));
+    }
+    Err(ApiError::new(ErrorCode::Unauthorized, "unknown API key"))
+}
+
+fn broker_failure(e: &BrokerError) -> ApiError {
+    let code = ErrorCode::from(e);
+    metrics::error(code);
+    tracing::warn!(cause = %e, "broker call failed");
+    ApiError::new(
+        code,
+        match code {
+            ErrorCode::Unavailable => "the message broker is unavailable; nothing was accepted",
+            _ => "broker error",
+        },
+    )
+}
+
+fn bad(message: impl AsRef<str>) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, message.as_ref())
+}
+
+/// Reads a JSON body of at most `limits.max_frame` bytes.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    mut payload: web::Payload,
+    ctx: &Ctx,
+) -> Result<T, ApiError> {
+    let max = ctx.config.limits.max_frame;
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| bad(format!("unreadable body: {e}")))?;
+        if bytes.len() + chunk.len() > max {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                &format!("body larger than {max} bytes (limits.max_frame)"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("body is not the expected JSON: {e}")))
+}
+
+fn checked_name(field: &str, value: String) -> Result<String, ApiError> {
+    client::name(field, value).map_err(bad)
+}
+
+fn sender(caller: &Caller, from: Option<String>) -> Result<String, ApiError> {
+    match caller {
+        Caller::User(id) => Ok(id.user.clone()),
+        Caller::Backend => checked_name("from", from.unwrap_or_else(|| "system".into())),
+    }
+}
+
+fn may_use(caller: &Caller, room: &str) -> Result<(), ApiError> {
+    match caller {
+        Caller::User(id) if !id.may_use(room) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "your token does not allow this room",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn dedupe(from: &str, cid: Option<String>) -> Result<Option<DedupeKey>, ApiError> {
+    cid.map(|cid| {
+        if cid.is_empty() || cid.len() > client::MAX_NAME {
+            Err(bad("cid must be 1 to 128 characters"))
+        } else {
+            Ok(DedupeKey {
+                user: from.to_owned(),
+                cid,
+            })
+        }
+    })
+    .transpose()
+}
+
+#[derive(Deserialize)]
+struct RoomPost {
+    body: Value,
+    from: Option<String>,
+    kind: Option<String>,
+    cid: Option<String>,
+}
+
+async fn publish_room(
+    ctx: &Ctx,
+    room: String,
+    from: String,
+    kind: String,
+    body: String,
+    cid: Option<String>,
+) -> Result<Published, ApiError> {
+    let dedupe = dedupe(&from, cid)?;
+    metrics::message_in();
+    let msg = compose::room_message(room, from, kind, body);
+    let started = std::time::Instant::now();
+    let res = ctx.broker.publish_message(msg, dedupe).await;
+    metrics::broker_publish(started.elapsed().as_secs_f64());
+    res.map_err(|e| broker_failure(&e))
+}
+
+async fn post_room(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    ctx: web::Data<Ctx>,
+) -> Answer {
+    let caller = caller(&req, &ctx, true)?;
+    let room = checked_name("room", path.into_inner())?;
+    may_use(&caller, &room)?;
+    let post: RoomPost = json_body(payload, &ctx).await?;
+    let from = sender(&caller, post.from)?;
+    let kind = match post.kind {
+        None => "text".to_owned(),
+        Some(k) if !k.is_empty() && k.len() <= 64 => k,
+        Some(_) => return Err(bad("kind must be 1 to 64 characters")),
+    };
+    let published = publish_room(&ctx, room, from, kind, post.body.to_string(), post.cid).await?;
+    Ok(HttpResponse::Created().json(json!({
+        "id": published.id,
+        "pos": published.pos.map(|p| p.to_string()),
+    })))
+}
+
+#[derive(Deserialize)]
+struct UserPost {
+    body: Value,
+    from: Option<String>,
+    cid: Option<String>,
+}
+
+async fn post_user(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    ctx: web::Data<Ctx>,
+) -> Answer {
+    let caller = caller(&req, &ctx, true)?;
+    let to = checked_name("user", path.into_inner())?;
+    let post: UserPost = json_body(payload, &ctx).await?;
+    let from = sender(&caller, post.from)?;
+    let dedupe = dedupe(&from, post.cid)?;
+    metrics::message_in();
+    let msg = compose::direct(from, to, post.body.to_string(), None);
+    let published = ctx
+        .broker
+        .publish_direct(msg, dedupe)
+        .await
+        .map_err(|e| broker_failure(&e))?;
+    Ok(HttpResponse::Created().json(json!({ "id": published.id })))
+}
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+async fn history(req: HttpRequest, path: web::Path<String>, ctx: web::Data<Ctx>) -> Answer {
+    caller(&req, &ctx, false)?;
+    let room = checked_name("room", path.into_inner())?;
+    let params = web::Query::<HistoryParams>::from_query(req.query_string())
+        .map_err(|e| bad(format!("bad query: {e}")))?
+        .into_inner();
+    let limit = match params.limit {
+        None => HISTORY_DEFAULT,
+        Some(l) => l
+            .parse::<u64>()
+            .map_err(|_| bad("limit must be a non-negative integer"))?
+            .min(HISTORY_MAX as u64) as usize,
+    };
+    let query = match params.before {
+        None => HistoryQuery::Latest { limit },
+        Some(b) => HistoryQuery::Before {
+            pos: b
+                .parse::<Pos>()
+                .map_err(|_| bad("before is not a position this service produced"))?,
+            limit,
+        },
+    };
+    let history = ctx
+        .broker
+        .history(&room, query)
+        .await
+        .map_err(|e| broker_failure(&e))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(server::history_body(&history.messages)))
+}
+
+async fn presence(req: HttpRequest, path: web::Path<String>, ctx: web::Data<Ctx>) -> Answer {
+    caller(&req, &ctx, false)?;
+    let room = checked_name("room", path.into_inner())?;
+    let users = ctx
+        .broker
+        .presence(&room)
+        .await
+        .map_err(|e| broker_failure(&e))?;
+    Ok(HttpResponse::Ok().json(json!({ "users": users })))
+}
+
+async fn nodes(req: HttpRequest, ctx: web::Data<Ctx>) -> Answer {
+    caller(&req, &ctx, false)?;
+    let nodes = ctx.broker.nodes().await.map_err(|e| broker_failure(&e))?;
+    let nodes: Vec<Value> = nodes
+        .into_iter()
+        .map(|n| {
+            json!({
+                "id": n.id,
+                "connections": n.connections,
+                "rooms": n.rooms,
+                "users": n.users,
+                "started": n.started,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "nodes": nodes })))
+}
+
+/// The body existing Socket.IO deployments post.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Webhook {
+    room_id: String,
+    message: Value,
+    sender: Option<String>,
+}
+
+async fn webhook(req: HttpRequest, payload: web::Payload, ctx: web::Data<Ctx>) -> Answer {
+    caller(&req, &ctx, false)?;
+    let hook: Webhook = json_body(payload, &ctx).await?;
+    let room = checked_name("roomId", hook.room_id)?;
+    let from = checked_name("sender", hook.sender.unwrap_or_else(|| "system".into()))?;
+    let published = publish_room(
+        &ctx,
+        room,
+        from,
+        "text".into(),
+        hook.message.to_string(),
+        None,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "success": true,
+        "id": published.id,
+        "pos": published.pos.map(|p| p.to_string()),
+    })))
+}
+
+/// Unknown paths answer JSON too.
+pub async fn not_found() -> HttpResponse {
+    error(ErrorCode::NotFound, "no such endpoint")
+}
