@@ -505,51 +505,45 @@ impl Broker for RedisBroker {
 
     async fn heartbeat(&self, info: &NodeInfo) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let rooms: Vec<String> = {
-            let local = inner.presence.lock().await;
-            let rooms: Vec<String> = local.keys().cloned().collect();
-            // Under the lock, so that a join's SADD is never undone by an
-            // older snapshot of the room set.
-            let mut conn = inner.conn()?;
-            let mut inv = scripts::HEARTBEAT.prepare_invoke();
-            inv.key(inner.names.nodes())
-                .key(inner.names.node_rooms(&info.id))
-                .arg(window_ms(inner.settings.presence_ttl))
-                .arg(escape(&info.id))
-                .arg(encode_node_info(info))
-                .arg(inner.names.node_rooms_prefix());
-            for room in &rooms {
-                inv.arg(room);
-            }
-            let dead: Vec<(String, Vec<String>)> = inner
-                .link
-                .run("heartbeat", inv.invoke_async(&mut conn))
-                .await?;
-            drop(local);
-            let dead_nodes: Vec<String> = dead.iter().map(|(n, _)| n.clone()).collect();
-            if !dead_nodes.is_empty() {
-                debug!(dead = ?dead_nodes, "reaping dead nodes");
-            }
-            let mut all: BTreeSet<String> = rooms.into_iter().collect();
-            all.extend(dead.into_iter().flat_map(|(_, r)| r));
-            // Refresh own rooms and sweep every room a dead node was in.
-            let mut first_err = None;
-            for room in &all {
-                if let Err(e) = inner.refresh_room(room, &dead_nodes).await {
-                    warn!(room = %room, cause = %e, "presence refresh failed");
-                    if e.is_retryable() {
-                        return Err(e);
-                    }
-                    first_err.get_or_insert(e);
+        // Under the presence lock, so that a join's SADD to the room set is never
+        // undone by an older snapshot of it.
+        let local = inner.presence.lock().await;
+        let own_rooms: Vec<String> = local.keys().cloned().collect();
+        let mut conn = inner.conn()?;
+        let mut inv = scripts::HEARTBEAT.prepare_invoke();
+        inv.key(inner.names.nodes())
+            .key(inner.names.node_rooms(&info.id))
+            .arg(window_ms(inner.settings.presence_ttl))
+            .arg(escape(&info.id))
+            .arg(encode_node_info(info))
+            .arg(inner.names.node_rooms_prefix());
+        for room in &own_rooms {
+            inv.arg(room);
+        }
+        let dead: Vec<(String, Vec<String>)> = inner
+            .link
+            .run("heartbeat", inv.invoke_async(&mut conn))
+            .await?;
+        drop(local);
+        let dead_nodes: Vec<String> = dead.iter().map(|(n, _)| n.clone()).collect();
+        if !dead_nodes.is_empty() {
+            debug!(dead = ?dead_nodes, "reaping dead nodes");
+        }
+        // Refresh this node's rooms and sweep every room a dead node was in.
+        let mut rooms: BTreeSet<String> = own_rooms.into_iter().collect();
+        rooms.extend(dead.into_iter().flat_map(|(_, r)| r));
+        let mut first_err = None;
+        for room in &rooms {
+            if let Err(e) = inner.refresh_room(room, &dead_nodes).await {
+                warn!(room = %room, cause = %e, "presence refresh failed");
+                if e.is_retryable() {
+                    return Err(e);
                 }
+                first_err.get_or_insert(e);
             }
-            if let Some(e) = first_err {
-                return Err(e);
-            }
-            all.into_iter().collect()
-        };
+        }
         debug!(node = %info.id, rooms = rooms.len(), "heartbeat");
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {

@@ -30,7 +30,7 @@
 //! | `{<ns>}:nodes` | hash | field `<node>`, value `<expiry ms> <connections> <rooms> <users> <started>` |
 //! | `{<ns>}:node:<node>:rooms` | set | the rooms where `<node>` has presence entries (raw room names) |
 //!
-//! A pub/sub payload is `<pos>\n<envelope>` ([`frame`](crate::frame)); `<pos>` is
+//! A pub/sub payload is `<pos>\n<envelope>` (module `frame`); `<pos>` is
 //! [`chatmesh_broker::Pos`]'s display form `<epoch hex>.<ms>-<seq>` (from the
 //! stream id) for room messages and empty otherwise. Envelopes are encoded only
 //! by [`chatmesh_broker::codec`].
@@ -73,14 +73,14 @@
 //! `redis` crate's cluster client over RESP3, one multiplexed connection per
 //! master carrying both commands and sharded pub/sub (`SSUBSCRIBE` per channel,
 //! on the shard that owns it, resubscribed by the client when a shard
-//! reconnects or slots move). See [`link`](crate::link).
+//! reconnects or slots move). See the `link` module.
 //!
 //! # Layout
 //! - [`broker`]: [`RedisBroker`] and its [`Broker`](chatmesh_broker::Broker) impl.
-//! - [`link`]: connections, subscriptions, the background task, reconnects.
-//! - [`names`]: every key and channel name, and the escaping.
-//! - [`frame`]: the pub/sub frame, stream id ↔ position, the node record.
-//! - [`scripts`]: the Lua scripts (sources in `src/lua/`).
+//! - `link`: connections, subscriptions, the background task, reconnects.
+//! - `names`: every key and channel name, and the escaping.
+//! - `frame`: the pub/sub frame, stream id ↔ position, the node record.
+//! - `scripts`: the Lua scripts (sources in `src/lua/`).
 //! - [`error`]: [`RedisConfigError`] and the Redis → [`BrokerError`](chatmesh_broker::BrokerError) mapping.
 
 pub mod broker;

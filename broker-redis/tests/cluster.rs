@@ -10,6 +10,23 @@ use common::*;
 
 const TTL: Duration = Duration::from_secs(30);
 
+/// Client connections on every master, the `redis-cli` asking excluded.
+fn clients(c: &RedisCluster) -> Vec<usize> {
+    c.ports()
+        .into_iter()
+        .map(|p| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &p.to_string(), "CLIENT", "LIST"])
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.contains("cmd=client"))
+                .count()
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn cluster_delivery_order_history_and_presence() {
     let c = RedisCluster::start().expect("redis cluster starts");
@@ -17,6 +34,7 @@ async fn cluster_delivery_order_history_and_presence() {
     let (a, mut rx_a) = node(&c.url(), settings(&ns, 3, TTL)).await;
     let (b, mut rx_b) = node(&c.url(), settings(&ns, 3, TTL)).await;
     assert!(a.is_cluster());
+    eprintln!("connections per master with two nodes: {:?}", clients(&c));
 
     // Delivery with pos, once; rooms spread over the shards.
     let rooms: Vec<String> = (0..12).map(|i| format!("room {i} }}")).collect();
@@ -29,6 +47,11 @@ async fn cluster_delivery_order_history_and_presence() {
         assert_eq!(d.pos, p.pos);
     }
     no_delivery(&mut rx_a, Duration::from_millis(300)).await;
+    let before = clients(&c);
+    let many: Vec<Topic> = (0..300).map(|i| Topic::User(format!("u{i}"))).collect();
+    a.subscribe(&many).await.expect("sub many");
+    assert_eq!(clients(&c), before, "no connection per topic");
+    a.unsubscribe(&many).await.expect("unsub many");
     a.unsubscribe(&topics).await.expect("unsub");
 
     // One order for two concurrent publishers.
