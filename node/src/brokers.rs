@@ -24,6 +24,13 @@ pub fn build(config: &Config) -> Result<Arc<dyn Broker>, ConfigError> {
     let settings = settings(config);
     match config.broker.kind {
         BrokerKind::Memory => Ok(Arc::new(MemoryBroker::new(settings))),
+        #[cfg(feature = "redis")]
+        BrokerKind::Redis => chatmesh_broker_redis::RedisBroker::new(&config.broker.url, settings)
+            .map(|b| Arc::new(b) as Arc<dyn Broker>)
+            .map_err(|e| ConfigError {
+                key: "broker.url".into(),
+                message: e.to_string(),
+            }),
         kind => Err(ConfigError {
             key: "broker.kind".into(),
             message: format!("{kind:?} is not available in this build").to_lowercase(),

@@ -153,7 +153,9 @@ impl StreamHandler<BrokerEvent> for ClusterBridge {
                 }
             },
             BrokerEvent::Connected => {
-                tracing::info!(broker = self.broker.kind(), "broker connected")
+                tracing::info!(broker = self.broker.kind(), "broker connected");
+                // Re-announce at once: a restarted broker may have lost this node.
+                self.beat();
             }
             BrokerEvent::Disconnected => {
                 tracing::warn!(broker = self.broker.kind(), "broker disconnected")
