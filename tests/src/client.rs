@@ -28,6 +28,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -70,8 +71,15 @@ enum Event {
 impl Client {
     /// Connects to `ws_url`, reads the first frame and checks it is `hello`.
     pub async fn connect(ws_url: &str) -> Result<Client> {
+        Client::connect_with_headers(ws_url, &[]).await
+    }
+
+    /// Like [`Client::connect`], with extra HTTP headers on the upgrade request
+    /// (e.g. `Authorization: Bearer …`).
+    pub async fn connect_with_headers(ws_url: &str, headers: &[(&str, &str)]) -> Result<Client> {
+        let request = upgrade_request(ws_url, headers)?;
         let (ws, _response) =
-            tokio::time::timeout(DEFAULT_TIMEOUT, tokio_tungstenite::connect_async(ws_url))
+            tokio::time::timeout(DEFAULT_TIMEOUT, tokio_tungstenite::connect_async(request))
                 .await
                 .map_err(|_| {
                     anyhow!("connecting to {ws_url}: no answer within {DEFAULT_TIMEOUT:?}")
@@ -106,8 +114,17 @@ impl Client {
     /// Tries an upgrade that the node is expected to refuse and returns the HTTP
     /// status it answered with. Fails if the upgrade succeeds.
     pub async fn connect_expect_status(ws_url: &str) -> Result<u16> {
+        Client::connect_expect_status_with_headers(ws_url, &[]).await
+    }
+
+    /// Like [`Client::connect_expect_status`], with extra HTTP headers.
+    pub async fn connect_expect_status_with_headers(
+        ws_url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<u16> {
+        let request = upgrade_request(ws_url, headers)?;
         let attempt =
-            tokio::time::timeout(DEFAULT_TIMEOUT, tokio_tungstenite::connect_async(ws_url))
+            tokio::time::timeout(DEFAULT_TIMEOUT, tokio_tungstenite::connect_async(request))
                 .await
                 .map_err(|_| {
                     anyhow!("connecting to {ws_url}: no answer within {DEFAULT_TIMEOUT:?}")
@@ -401,6 +418,24 @@ impl Receiver {
             Event::Gone(why) => anyhow!("{}: connection ended: {why}", self.label),
         }
     }
+}
+
+/// The upgrade request for `ws_url` with extra headers.
+fn upgrade_request(
+    ws_url: &str,
+    headers: &[(&str, &str)],
+) -> Result<tungstenite::handshake::client::Request> {
+    let mut request = ws_url
+        .into_client_request()
+        .with_context(|| format!("building an upgrade request for {ws_url}"))?;
+    for (name, value) in headers {
+        let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+            .with_context(|| format!("header name {name:?}"))?;
+        let value = tungstenite::http::HeaderValue::from_str(value)
+            .with_context(|| format!("header value {value:?}"))?;
+        request.headers_mut().insert(name, value);
+    }
+    Ok(request)
 }
 
 /// A short rendering of skipped frames for error messages.

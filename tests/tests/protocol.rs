@@ -8,6 +8,8 @@
 //! use strict clients.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatmesh_tests::client::Client;
@@ -1251,7 +1253,10 @@ async fn publishing_too_fast_is_rate_limited() {
 #[tokio::test]
 async fn a_client_that_does_not_read_is_closed_with_1013_and_others_lose_nothing() {
     const COUNT: usize = 10_000; // 10 000 × 2 KB = 20 MB, more than the kernel buffers hold.
-    const WINDOW: usize = 200;
+                                 // Publishes in flight: the publisher and the reader read at full speed, but a
+                                 // burst of WINDOW × 2 KB must stay below the 64 KiB limit or they could be
+                                 // (legitimately) closed too.
+    const WINDOW: usize = 12;
     let node = start_node_with(&[
         ("CHATMESH_LIMITS__OUTBOUND_BYTES", "65536"),
         ("CHATMESH_LIMITS__PUBLISH_PER_SEC", "1000000"),
@@ -1269,22 +1274,42 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_others_lose_nothing
 
     let pad = "x".repeat(2000);
     let (mut tx, mut rx) = publisher.split();
-    let window = std::sync::Arc::new(tokio::sync::Semaphore::new(WINDOW));
-    let send_window = window.clone();
+    // Progress of the three readers of the publisher's traffic: its acks, its own
+    // copies, the reader's copies. The sender never runs more than WINDOW ahead of
+    // the slowest of them, so what the node holds for a reading client stays far
+    // below the limit however the test's tasks are scheduled.
+    let progress: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let send_progress = progress.clone();
     let send_room = room.clone();
     let sending = tokio::spawn(async move {
         for n in 0..COUNT {
-            send_window
-                .acquire()
-                .await
-                .expect("the window semaphore is never closed")
-                .forget();
+            let waiting_since = Instant::now();
+            loop {
+                let slowest = send_progress
+                    .iter()
+                    .map(|p| p.load(Ordering::Acquire))
+                    .min()
+                    .unwrap_or(0);
+                if n < slowest + WINDOW {
+                    break;
+                }
+                assert!(
+                    waiting_since.elapsed() < Duration::from_secs(10),
+                    "publish {n}: no progress for 10 s (acks, own copies, reader: {:?})",
+                    send_progress
+                        .iter()
+                        .map(|p| p.load(Ordering::Acquire))
+                        .collect::<Vec<_>>()
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             tx.send(&publish(&send_room, json!({"n": n, "pad": pad})))
                 .await
                 .unwrap_or_else(|e| panic!("publish {n}: {e:#}"));
         }
         tx
     });
+    let ack_progress = progress.clone();
     let acking = tokio::spawn(async move {
         let (mut acks, mut messages) = (0, 0);
         while acks < COUNT || messages < COUNT {
@@ -1297,14 +1322,18 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_others_lose_nothing
             match frame["type"].as_str() {
                 Some("ack") => {
                     acks += 1;
-                    window.add_permits(1);
+                    ack_progress[0].store(acks, Ordering::Release);
                 }
-                Some("message") => messages += 1,
+                Some("message") => {
+                    messages += 1;
+                    ack_progress[1].store(messages, Ordering::Release);
+                }
                 _ => panic!("publisher: unexpected frame {frame}"),
             }
         }
         rx
     });
+    let read_progress = progress.clone();
     let reading = tokio::spawn(async move {
         for n in 0..COUNT {
             let frame = reader
@@ -1313,6 +1342,7 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_others_lose_nothing
                 .unwrap_or_else(|e| panic!("reader lost messages after {n}: {e:#}"));
             assert_eq!(frame["type"], "message", "reader: {frame}");
             assert_eq!(frame["body"]["n"], n, "reader: no loss, in order");
+            read_progress[2].store(n + 1, Ordering::Release);
         }
         reader
     });
@@ -1437,4 +1467,129 @@ async fn sigterm_closes_clients_with_1012_and_exits_0() {
         Some(0),
         "graceful shutdown exits 0: {status}"
     );
+}
+
+// ---------------------------------------------------------------- jwt identity
+
+const JWT_SECRET: &str = "protocol-test-secret";
+
+fn token(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encoding a test token")
+}
+
+fn now_s() -> i64 {
+    now_ms() / 1000
+}
+
+async fn start_jwt_node() -> Node {
+    start_node_with(&[
+        ("CHATMESH_AUTH__MODE", "jwt"),
+        ("CHATMESH_AUTH__JWT_SECRET", JWT_SECRET),
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn jwt_identity_from_query_or_bearer_header() {
+    let node = start_jwt_node().await;
+    let alice_token = token(json!({"sub": "alice", "exp": now_s() + 3600}), JWT_SECRET);
+    let alice = Client::connect(&node.ws_url(&format!("token={alice_token}")))
+        .await
+        .expect("a valid token in ?token= is accepted");
+    assert_eq!(alice.hello["user"], "alice", "user = sub: {}", alice.hello);
+
+    let bob_token = token(
+        json!({"sub": "bob", "exp": now_s() + 3600, "name": "Bob"}),
+        JWT_SECRET,
+    );
+    let bearer = format!("Bearer {bob_token}");
+    // ?user= does not override the token's sub.
+    let bob = Client::connect_with_headers(
+        &node.ws_url("user=mallory"),
+        &[("Authorization", bearer.as_str())],
+    )
+    .await
+    .expect("a valid bearer token is accepted");
+    assert_eq!(bob.hello["user"], "bob", "user = sub: {}", bob.hello);
+}
+
+#[tokio::test]
+async fn jwt_missing_bad_or_expired_tokens_are_refused_with_401() {
+    let node = start_jwt_node().await;
+    let status = Client::connect_expect_status(&node.ws_url("user=alice"))
+        .await
+        .expect("an upgrade without a token is refused");
+    assert_eq!(status, 401, "no token");
+
+    let forged = token(
+        json!({"sub": "alice", "exp": now_s() + 3600}),
+        "wrong secret",
+    );
+    let status = Client::connect_expect_status(&node.ws_url(&format!("token={forged}")))
+        .await
+        .expect("a token signed with another key is refused");
+    assert_eq!(status, 401, "bad signature");
+
+    let expired = token(json!({"sub": "alice", "exp": now_s() - 3600}), JWT_SECRET);
+    let status = Client::connect_expect_status(&node.ws_url(&format!("token={expired}")))
+        .await
+        .expect("an expired token is refused");
+    assert_eq!(status, 401, "expired");
+
+    let no_sub = token(json!({"exp": now_s() + 3600}), JWT_SECRET);
+    let status = Client::connect_expect_status(&node.ws_url(&format!("token={no_sub}")))
+        .await
+        .expect("a token without sub is refused");
+    assert_eq!(status, 401, "sub is required");
+
+    let garbage = "Bearer not.a.token";
+    let status =
+        Client::connect_expect_status_with_headers(&node.ws_url(""), &[("Authorization", garbage)])
+            .await
+            .expect("a garbage bearer token is refused");
+    assert_eq!(status, 401, "garbage bearer");
+}
+
+#[tokio::test]
+async fn jwt_rooms_claim_limits_joins() {
+    let node = start_jwt_node().await;
+    let t = token(
+        json!({"sub": "alice", "exp": now_s() + 3600, "rooms": ["team-*", "lobby"]}),
+        JWT_SECRET,
+    );
+    let mut alice = Client::connect(&node.ws_url(&format!("token={t}")))
+        .await
+        .expect("connecting with a rooms claim")
+        .ignoring(&["presence_diff"]);
+    join(&mut alice, "lobby").await;
+    join(&mut alice, "team-red").await;
+    publish_one(&mut alice, "team-red", json!("ok")).await;
+    send(
+        &mut alice,
+        json!({"type": "join", "room": "secret", "ref": "s"}),
+    )
+    .await;
+    let error = recv(&mut alice).await;
+    assert_error(&error, "forbidden");
+    assert_eq!(error["ref"], "s", "{error}");
+    ping(&mut alice).await;
+}
+
+#[tokio::test]
+async fn jwt_expiring_while_connected_closes_with_1008() {
+    let node = start_jwt_node().await;
+    let t = token(json!({"sub": "alice", "exp": now_s() + 2}), JWT_SECRET);
+    let mut alice = Client::connect(&node.ws_url(&format!("token={t}")))
+        .await
+        .expect("a token valid for 2 more seconds is accepted");
+    let (code, _) = alice
+        .expect_closed(Duration::from_secs(10))
+        .await
+        .expect("the socket is closed once the token expires");
+    assert_eq!(code, Some(1008), "policy violation: token expired");
 }
