@@ -232,12 +232,19 @@ impl Config {
         if let Some(path) = file {
             fig = fig.merge(Toml::file_exact(path));
         }
-        // `CHATMESH_CONFIG` names the file; it is not a key.
-        fig.merge(Env::prefixed("CHATMESH_").split("__").ignore(&["config"]))
+        // Every key lives in a section, so only `CHATMESH_<SECTION>__<KEY>` is
+        // config; single-word variables (`CHATMESH_CONFIG`, the test suite's
+        // `CHATMESH_BIN`) are not.
+        fig.merge(
+            Env::prefixed("CHATMESH_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        )
     }
 
     /// Extracts and checks a config from any figment (tests use this directly).
     pub fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
+        reject_unknown_keys(&fig)?;
         let mut config: Config = fig.extract().map_err(one_line)?;
         config.check()?;
         if config.node.id.is_empty() {
@@ -323,6 +330,41 @@ impl Config {
     }
 }
 
+/// A misspelt key (`CHATMESH_BROKER__KND`) would otherwise be ignored and the
+/// node would start with a default the operator did not want.
+fn reject_unknown_keys(fig: &Figment) -> Result<(), ConfigError> {
+    use figment::value::{Dict, Value};
+    use figment::Provider;
+    fn walk(given: &Dict, known: &Dict, prefix: &str) -> Result<(), String> {
+        for (key, value) in given {
+            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            match (known.get(key), value) {
+                (None, _) => return Err(path),
+                (Some(Value::Dict(_, k)), Value::Dict(_, g)) => walk(g, k, &path)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    let known = Figment::from(Serialized::defaults(Config::default()))
+        .data()
+        .ok()
+        .and_then(|mut d| d.remove(&figment::Profile::Default))
+        .unwrap_or_default();
+    let given = fig
+        .data()
+        .map_err(one_line)?
+        .remove(&figment::Profile::Default)
+        .unwrap_or_default();
+    walk(&given, &known, "").map_err(|path| {
+        let source = fig
+            .find_metadata(&path)
+            .map(|m| format!(" (from {})", m.name))
+            .unwrap_or_default();
+        ConfigError::new(&path, format!("unknown configuration key{source}"))
+    })
+}
+
 /// figment errors name the key as a path; keep the first one, on one line.
 fn one_line(err: figment::Error) -> ConfigError {
     let key = err.path.join(".");
@@ -387,7 +429,7 @@ mod tests {
             &[
                 ("CHATMESH_HISTORY__SIZE", "7"),
                 ("CHATMESH_API__KEYS", "k1, k2"),
-                ("CHATMESH_CONFIG", "ignored"),
+                ("CHATMESH_CONFIG", "ignored"), ("CHATMESH_BIN", "ignored"),
             ],
             Some("[history]\nsize = 5\n[cluster]\nnamespace = \"prod\"\n"),
         )

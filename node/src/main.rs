@@ -14,6 +14,10 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "CHATMESH_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Check the configuration (file and environment), print it, and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn init_tracing(config: &Config) {
@@ -39,6 +43,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.check_config {
+        match serde_json::to_string_pretty(&config) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("chatmesh: {e}"),
+        }
+        return ExitCode::SUCCESS;
+    }
     init_tracing(&config);
     let metrics = chatmesh::server::install_metrics();
     let result = actix_rt::System::new().block_on(chatmesh::server::run(config, metrics));
