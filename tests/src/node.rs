@@ -154,7 +154,8 @@ impl NodeBuilder {
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        command.stdin(Stdio::null());
+        // Plain logs: they are read by tests and printed on failures.
+        command.env("NO_COLOR", "1").stdin(Stdio::null());
         command
     }
 

@@ -86,6 +86,20 @@ async fn ping(c: &mut Client) {
         .unwrap_or_else(|e| panic!("the connection should still be open: {e:#}"));
 }
 
+/// Sends `ping` and requires `pong` as the very next frame: the connection is open
+/// and nothing else (a second error, say) was queued before it.
+async fn ping_strict(c: &mut Client) {
+    send(c, json!({"type": "ping"})).await;
+    let pong = c
+        .recv()
+        .await
+        .unwrap_or_else(|e| panic!("the connection should still be open: {e:#}"));
+    assert_eq!(
+        pong["type"], "pong",
+        "expected pong as the next frame, got {pong}"
+    );
+}
+
 /// Reads frames until `messages` `message` frames and `acks` `ack` frames have
 /// arrived; any other frame fails the test. Returns both lists in arrival order.
 async fn drain(c: &mut Client, messages: usize, acks: usize) -> (Vec<Value>, Vec<Value>) {
@@ -1099,7 +1113,7 @@ async fn malformed_frames_are_bad_requests_and_the_connection_stays_open() {
         if let Some(reference) = reference {
             assert_eq!(&reply["ref"], reference, "ref echoed for {text}: {reply}");
         }
-        ping(&mut alice).await;
+        ping_strict(&mut alice).await;
     }
     // 1..128 characters is a valid room name.
     join(&mut alice, &"r".repeat(128)).await;
@@ -1114,7 +1128,7 @@ async fn binary_frames_are_bad_requests_and_the_connection_stays_open() {
         .await
         .expect("sending a binary frame");
     assert_error(&recv(&mut alice).await, "bad_request");
-    ping(&mut alice).await;
+    ping_strict(&mut alice).await;
 }
 
 #[tokio::test]
