@@ -116,6 +116,8 @@ pub struct LimitsConfig {
     pub outbound_bytes: usize,
     pub max_frame: usize,
     pub max_rooms_per_connection: usize,
+    /// WebSocket connections this node accepts; beyond it upgrades get 503.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +188,7 @@ impl Default for Config {
                 outbound_bytes: 1 << 20,
                 max_frame: 65_536,
                 max_rooms_per_connection: 1000,
+                max_connections: 100_000,
             },
             ws: WsConfig {
                 heartbeat_ms: 25_000,
@@ -337,7 +340,11 @@ fn reject_unknown_keys(fig: &Figment) -> Result<(), ConfigError> {
     use figment::Provider;
     fn walk(given: &Dict, known: &Dict, prefix: &str) -> Result<(), String> {
         for (key, value) in given {
-            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
             match (known.get(key), value) {
                 (None, _) => return Err(path),
                 (Some(Value::Dict(_, k)), Value::Dict(_, g)) => walk(g, k, &path)?,
@@ -429,7 +436,8 @@ mod tests {
             &[
                 ("CHATMESH_HISTORY__SIZE", "7"),
                 ("CHATMESH_API__KEYS", "k1, k2"),
-                ("CHATMESH_CONFIG", "ignored"), ("CHATMESH_BIN", "ignored"),
+                ("CHATMESH_CONFIG", "ignored"),
+                ("CHATMESH_BIN", "ignored"),
             ],
             Some("[history]\nsize = 5\n[cluster]\nnamespace = \"prod\"\n"),
         )

@@ -2,6 +2,7 @@
 //! the operational endpoints `/health`, `/ready` and `/metrics`.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -156,7 +157,22 @@ async fn websocket(
             Err(e) => return Ok(error(ErrorCode::BadRequest, &e)),
         },
     };
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    // Reserve the slot before upgrading, so a burst cannot overshoot the limit.
+    let max = ctx.config.limits.max_connections as u64;
+    if ctx.connections.fetch_add(1, Ordering::AcqRel) >= max {
+        ctx.connections.fetch_sub(1, Ordering::AcqRel);
+        return Ok(error(
+            ErrorCode::Unavailable,
+            &format!("this node is full ({max} connections, limits.max_connections)"),
+        ));
+    }
+    let (response, session, stream) = match actix_ws::handle(&req, body) {
+        Ok(parts) => parts,
+        Err(e) => {
+            ctx.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
+    };
     let max_frame = ctx.config.limits.max_frame;
     let stream = stream
         .max_frame_size(max_frame)

@@ -367,7 +367,6 @@ impl Actor for Connection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.ctx.connections.fetch_add(1, Ordering::AcqRel);
         let ws = &self.ctx.config.ws;
         self.send(server::hello(
             &self.ctx.node_id,
@@ -450,6 +449,7 @@ impl Actor for Connection {
             conn: self.id,
         });
         self.outbox.close(close::NORMAL, "");
+        // The slot was reserved by the upgrade handler.
         self.ctx.connections.fetch_sub(1, Ordering::AcqRel);
         Running::Stop
     }
