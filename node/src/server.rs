@@ -60,6 +60,7 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         &config.node.id,
         RoomSettings {
             subscribe_timeout: Duration::from_secs(5),
+            outbound_bytes: config.limits.outbound_bytes,
         },
         heartbeat,
         started_ms,

@@ -24,20 +24,26 @@ use super::subscriptions::Ready;
 use crate::ids::ConnId;
 use crate::outbox::Outbox;
 use crate::protocol::server::{self, Frame};
-use crate::protocol::ErrorCode;
+use crate::protocol::{close, ErrorCode};
 
 /// Per-room settings taken from the node config.
 #[derive(Debug, Clone)]
 pub struct RoomSettings {
     /// How long a join waits for the broker subscription before `unavailable`.
     pub subscribe_timeout: Duration,
+    /// `limits.outbound_bytes`: also bounds what a joining member may have
+    /// buffered while its history is read.
+    pub outbound_bytes: usize,
 }
 
 enum State {
     /// Joined and live.
     Active,
     /// Join in progress: live frames wait here, with their positions.
-    Pending { buffer: Vec<(Option<Pos>, Frame)> },
+    Pending {
+        buffer: Vec<(Option<Pos>, Frame)>,
+        bytes: usize,
+    },
 }
 
 struct Member {
@@ -169,7 +175,10 @@ impl Handler<Join> for Room {
         let attempt = self.attempts;
         let first_of_user = match self.members.get_mut(&msg.conn) {
             Some(member) => {
-                member.state = State::Pending { buffer: Vec::new() };
+                member.state = State::Pending {
+                    buffer: Vec::new(),
+                    bytes: 0,
+                };
                 member.attempt = attempt;
                 false
             }
@@ -181,7 +190,10 @@ impl Handler<Join> for Room {
                     Member {
                         user: msg.user.clone(),
                         outbox: msg.outbox,
-                        state: State::Pending { buffer: Vec::new() },
+                        state: State::Pending {
+                            buffer: Vec::new(),
+                            bytes: 0,
+                        },
                         attempt,
                     },
                 );
@@ -300,6 +312,7 @@ impl Handler<Deliver> for Room {
             return;
         };
         let pos = msg.0.pos;
+        let limit = self.settings.outbound_bytes;
         let mut delivered = 0;
         for member in self.members.values_mut() {
             if skip_user == Some(&*member.user) {
@@ -311,7 +324,18 @@ impl Handler<Deliver> for Room {
                         delivered += 1;
                     }
                 }
-                State::Pending { buffer } => buffer.push((pos, frame.clone())),
+                State::Pending { buffer, bytes } => {
+                    // A join whose history read stalls must not buffer without bound.
+                    *bytes += frame.len();
+                    if *bytes > limit {
+                        member
+                            .outbox
+                            .close(close::TRY_AGAIN_LATER, "slow join: buffer full");
+                        buffer.clear();
+                    } else {
+                        buffer.push((pos, frame.clone()));
+                    }
+                }
             }
         }
         crate::metrics::deliveries(delivered);
