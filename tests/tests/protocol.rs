@@ -1369,6 +1369,7 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_others_lose_nothing
         .expect_closed(Duration::from_secs(30))
         .await
         .expect("the node closes a client that does not read");
+    eprintln!("slow consumer: close code {code:?} after {received} messages");
     assert!(
         code.is_none() || code == Some(1013),
         "a slow consumer is closed with 1013 (or cut off), got close code {code:?}"
