@@ -254,7 +254,7 @@ impl Handler<Join> for Room {
                     return Err(ErrorCode::from(&e));
                 }
             };
-            let State::Pending { buffer } = std::mem::replace(&mut member.state, State::Active)
+            let State::Pending { buffer, .. } = std::mem::replace(&mut member.state, State::Active)
             else {
                 return Ok(());
             };
