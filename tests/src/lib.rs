@@ -6,10 +6,13 @@
 //! - [`node`]: start a `chatmesh` process, wait until it is ready, kill it on drop,
 //!   print its log when a test fails.
 //! - [`client`]: a WebSocket test client speaking protocol v1.
+//! - [`cluster`]: one broker plus N nodes per test, for any broker kind (the
+//!   fixture of the cluster suite), or already-running external nodes.
 //! - [`redis`]: start `redis-server` (one server or a 3-master cluster).
 //! - [`ports`]: free loopback ports.
 
 pub mod client;
+pub mod cluster;
 pub mod node;
 pub mod ports;
 pub mod redis;

