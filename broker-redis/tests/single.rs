@@ -572,6 +572,7 @@ async fn ephemeral_envelopes_reach_their_topic() {
         user: "u".into(),
         device: "d".into(),
         session: "s".into(),
+        connected_ms: 1,
     });
     b.publish_ephemeral(sig.clone()).await.expect("pub");
     b.publish_ephemeral(take.clone()).await.expect("pub");

@@ -94,6 +94,7 @@ mod tests {
                 user: "u".into(),
                 device: "phone".into(),
                 session: "s".into(),
+                connected_ms: 7,
             }),
         ]
     }

@@ -88,10 +88,15 @@ pub struct Signal {
     pub kind: SignalKind,
 }
 
-/// Device takeover: every connection of `user` with `device` other than `session` closes.
+/// Device takeover: every *older* connection of `user` with `device` closes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Takeover {
     pub user: String,
     pub device: String,
     pub session: String,
+    /// When the new connection was accepted (ms since the epoch, its node's
+    /// clock). Takeovers travel asynchronously, so an older connection's
+    /// takeover can arrive after a newer one: only connections accepted before
+    /// this instant are replaced, never a newer one.
+    pub connected_ms: u64,
 }

@@ -31,6 +31,13 @@ pub fn build(config: &Config) -> Result<Arc<dyn Broker>, ConfigError> {
                 key: "broker.url".into(),
                 message: e.to_string(),
             }),
+        #[cfg(feature = "nats")]
+        BrokerKind::Nats => chatmesh_broker_nats::NatsBroker::new(&config.broker.url, settings)
+            .map(|b| Arc::new(b) as Arc<dyn Broker>)
+            .map_err(|e| ConfigError {
+                key: "broker.url".into(),
+                message: e.to_string(),
+            }),
         kind => Err(ConfigError {
             key: "broker.kind".into(),
             message: format!("{kind:?} is not available in this build").to_lowercase(),

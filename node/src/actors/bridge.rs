@@ -249,6 +249,7 @@ pub struct AttachUser {
     pub conn: ConnId,
     pub session: Arc<str>,
     pub device: Option<String>,
+    pub connected_ms: u64,
     pub outbox: Outbox,
     pub kick: Recipient<Kick>,
 }
@@ -282,6 +283,7 @@ impl Handler<AttachUser> for ClusterBridge {
             conn: msg.conn,
             session: msg.session,
             device: msg.device,
+            connected_ms: msg.connected_ms,
             outbox: msg.outbox,
             kick: msg.kick,
         });

@@ -48,6 +48,8 @@ pub struct Connection {
     identity: Identity,
     limiter: TokenBucket,
     last_seen: Instant,
+    /// When the upgrade was accepted; orders device takeovers across nodes.
+    connected_ms: u64,
 }
 
 impl Connection {
@@ -64,6 +66,7 @@ impl Connection {
             rooms: HashSet::new(),
             limiter,
             last_seen: Instant::now(),
+            connected_ms: ids::now_ms(),
             ctx,
         }
     }
@@ -407,6 +410,7 @@ impl Actor for Connection {
             conn: self.id,
             session: self.session.clone(),
             device: self.device.clone(),
+            connected_ms: self.connected_ms,
             outbox: self.outbox.clone(),
             kick: ctx.address().recipient(),
         };
@@ -426,6 +430,7 @@ impl Actor for Connection {
                             user: act.user.to_string(),
                             device,
                             session: act.session.to_string(),
+                            connected_ms: act.connected_ms,
                         });
                         tokio::spawn(async move {
                             if let Err(e) = broker.publish_ephemeral(takeover).await {

@@ -23,6 +23,10 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 struct Conn {
     session: Arc<str>,
     device: Option<String>,
+    /// Local attach order: decides takeovers between two connections of this node
+    /// without relying on clocks.
+    seq: u64,
+    connected_ms: u64,
     outbox: Outbox,
     kick: Recipient<Kick>,
 }
@@ -32,6 +36,7 @@ pub struct User {
     name: Arc<str>,
     ready: Ready,
     conns: HashMap<ConnId, Conn>,
+    next_seq: u64,
 }
 
 impl User {
@@ -40,6 +45,7 @@ impl User {
             name,
             ready,
             conns: HashMap::new(),
+            next_seq: 0,
         }
     }
 }
@@ -64,6 +70,7 @@ pub struct Attach {
     pub conn: ConnId,
     pub session: Arc<str>,
     pub device: Option<String>,
+    pub connected_ms: u64,
     pub outbox: Outbox,
     pub kick: Recipient<Kick>,
 }
@@ -72,11 +79,14 @@ impl Handler<Attach> for User {
     type Result = ResponseActFuture<Self, Result<(), ErrorCode>>;
 
     fn handle(&mut self, msg: Attach, _ctx: &mut Self::Context) -> Self::Result {
+        self.next_seq += 1;
         self.conns.insert(
             msg.conn,
             Conn {
                 session: msg.session,
                 device: msg.device,
+                seq: self.next_seq,
+                connected_ms: msg.connected_ms,
                 outbox: msg.outbox,
                 kick: msg.kick,
             },
@@ -144,10 +154,24 @@ impl Handler<Deliver> for User {
                 crate::metrics::deliveries(delivered);
             }
             Envelope::Takeover(t) if t.user == *self.name => {
+                // The newcomer, when it is on this node, orders by attach sequence;
+                // otherwise by the accepting nodes' clocks.
+                let local = self
+                    .conns
+                    .values()
+                    .find(|c| *c.session == *t.session)
+                    .map(|c| c.seq);
                 for conn in self.conns.values() {
-                    if conn.device.as_deref() == Some(t.device.as_str())
-                        && *conn.session != *t.session
+                    if conn.device.as_deref() != Some(t.device.as_str())
+                        || *conn.session == *t.session
                     {
+                        continue;
+                    }
+                    let older = match local {
+                        Some(seq) => conn.seq < seq,
+                        None => conn.connected_ms <= t.connected_ms,
+                    };
+                    if older {
                         conn.kick.do_send(Kick {
                             code: close::REPLACED,
                             reason: "replaced",
