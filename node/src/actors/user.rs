@@ -169,7 +169,12 @@ impl Handler<Deliver> for User {
                     }
                     let older = match local {
                         Some(seq) => conn.seq < seq,
-                        None => conn.connected_ms <= t.connected_ms,
+                        // Equal times break on the session id, so that of two
+                        // connections exactly one survives on every node.
+                        None => {
+                            (conn.connected_ms, &*conn.session)
+                                < (t.connected_ms, t.session.as_str())
+                        }
                     };
                     if older {
                         conn.kick.do_send(Kick {
