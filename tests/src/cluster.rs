@@ -506,6 +506,42 @@ impl Cluster {
         bail!("no master of the cluster serves slot {slot}")
     }
 
+    /// Cuts node `i`'s subscriber connection(s) at the broker, leaving the broker
+    /// and every other node untouched: the node must reconnect and catch up.
+    /// Returns how many connections were cut; `Ok(None)` when the backend gives
+    /// the suite no way to do that (only Redis has `CLIENT KILL ID`).
+    pub fn cut_node_link(&self, i: usize) -> Result<Option<usize>> {
+        let BrokerProcess::Redis(redis) = &self.broker else {
+            return Ok(None);
+        };
+        let pid = self.members[self.index(i)]
+            .process
+            .as_ref()
+            .ok_or_else(|| anyhow!("node {i} is not a process of this test"))?
+            .pid();
+        let ports = local_tcp_ports(pid)?;
+        let list = redis.cli(&["CLIENT", "LIST"])?;
+        let mut cut = 0;
+        for line in list.lines() {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            };
+            let port = field("addr")
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse::<u16>().ok());
+            let subscribed =
+                field("sub").is_some_and(|n| n != "0") || field("ssub").is_some_and(|n| n != "0");
+            if let (Some(port), Some(id)) = (port, field("id")) {
+                if subscribed && ports.contains(&port) {
+                    redis.cli(&["CLIENT", "KILL", "ID", id])?;
+                    cut += 1;
+                }
+            }
+        }
+        Ok(Some(cut))
+    }
+
     /// The number of client connections each broker server has (one entry per
     /// Redis server / cluster master / NATS server), not counting the connection
     /// used to ask. `None` when the backend has no countable broker.
@@ -713,4 +749,42 @@ impl Drop for NatsServer {
             eprintln!("---- nats-server :{} log ----\n{}", self.port, self.log());
         }
     }
+}
+
+/// The local ports of a process's TCP sockets, from `/proc` (Linux only): the
+/// inodes of its socket descriptors looked up in `/proc/net/tcp{,6}`.
+fn local_tcp_ports(pid: u32) -> Result<Vec<u16>> {
+    let mut inodes = std::collections::HashSet::new();
+    let dir = format!("/proc/{pid}/fd");
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(entry) = entry else { continue };
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            let target = target.to_string_lossy().into_owned();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_owned());
+            }
+        }
+    }
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && inodes.contains(cols[9]) {
+                if let Some(port) = cols[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|h| u16::from_str_radix(h, 16).ok())
+                {
+                    ports.push(port);
+                }
+            }
+        }
+    }
+    Ok(ports)
 }

@@ -1086,6 +1086,56 @@ async fn http_publish_reaches_every_node(backend: Backend) {
     silence_all(&mut members).await;
 }
 
+/// Guarantee 1 across a broker-link blip of one node: while node 0's subscriber
+/// connection is cut and re-established, node 1 keeps publishing (and getting
+/// acks). Every acked message must still reach the member on node 0, exactly
+/// once and in order — the node catches up from history after reconnecting.
+async fn a_node_whose_link_drops_misses_nothing(backend: Backend) {
+    const TEST: &str = "a_node_whose_link_drops_misses_nothing";
+    if backend == Backend::Memory {
+        return skip(backend, TEST, "the memory broker has no link to drop");
+    }
+    let cluster = start(backend, 2).await;
+    if !cluster.owns_processes() {
+        return skip(backend, TEST, "the suite does not own the processes");
+    }
+    let room = cluster.room();
+    let mut alice = client(&cluster, 0, &cluster.user("alice")).await;
+    let mut bob = client(&cluster, 1, &cluster.user("bob")).await;
+    join(&mut alice, &room).await;
+    join(&mut bob, &room).await;
+    const COUNT: usize = 400;
+    let mut acked = Vec::new();
+    let mut cut = None;
+    for n in 0..COUNT {
+        if n == 100 {
+            cut = cluster.cut_node_link(0).unwrap_or_else(|e| panic!("{e:#}"));
+            match cut {
+                None => {
+                    return skip(
+                        backend,
+                        TEST,
+                        "no way to cut one node's link on this broker",
+                    )
+                }
+                Some(k) => assert!(k > 0, "found no subscriber connection of node 0 to cut"),
+            }
+        }
+        send(&mut bob, publish(&room, json!(n))).await;
+        // Paced so that publishing spans the reconnect of node 0.
+        let (_, acks) = drain(&mut bob, 1, 1).await;
+        acked.push(acks[0]["id"].clone());
+        if n % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let (got, _) = drain(&mut alice, COUNT, 0).await;
+    let ids: Vec<&Value> = got.iter().map(|m| &m["id"]).collect();
+    let want: Vec<&Value> = acked.iter().collect();
+    assert_eq!(ids, want, "node 0's member missed, repeated or reordered messages after its link was cut ({cut:?} connections)");
+    silence_all(&mut [alice]).await;
+}
+
 // ---------------------------------------------------------------- instantiation
 
 /// Instantiates every test of the suite for one backend in module `$module`.
@@ -1119,6 +1169,7 @@ macro_rules! cluster_suite {
                 broker_down_and_back,
                 broker_connections_constant,
                 http_publish_reaches_every_node,
+                a_node_whose_link_drops_misses_nothing,
             );
         }
     };

@@ -41,6 +41,8 @@ pub struct ClusterBridge {
     heartbeat: Duration,
     started_ms: u64,
     connections: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Set by `Disconnected`: the next `Connected` makes rooms catch up.
+    was_disconnected: bool,
 }
 
 impl ClusterBridge {
@@ -65,6 +67,7 @@ impl ClusterBridge {
             heartbeat,
             started_ms,
             connections,
+            was_disconnected: false,
         }
     }
 
@@ -156,8 +159,14 @@ impl StreamHandler<BrokerEvent> for ClusterBridge {
                 tracing::info!(broker = self.broker.kind(), "broker connected");
                 // Re-announce at once: a restarted broker may have lost this node.
                 self.beat();
+                if std::mem::take(&mut self.was_disconnected) {
+                    for entry in self.rooms.values() {
+                        entry.addr.do_send(room::Resync);
+                    }
+                }
             }
             BrokerEvent::Disconnected => {
+                self.was_disconnected = true;
                 tracing::warn!(broker = self.broker.kind(), "broker disconnected")
             }
         }

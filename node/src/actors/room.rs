@@ -65,6 +65,17 @@ pub struct Room {
     /// Local connections per user, to tell the broker about a user's first and last.
     users: HashMap<Arc<str>, usize>,
     attempts: u64,
+    /// Position of the newest message fanned out, to drop repeats and to know
+    /// where to resume after the broker link was down.
+    last: Option<Pos>,
+    /// Set while catching up after a broker reconnect: live deliveries wait here.
+    resync: Option<Vec<Delivery>>,
+}
+
+/// True when `pos` comes after `last` in the room's history. A new epoch (the
+/// broker lost the room's history) always counts as after.
+fn is_after(pos: Pos, last: Option<Pos>) -> bool {
+    last.is_none_or(|l| pos.epoch != l.epoch || pos > l)
 }
 
 impl Room {
@@ -84,6 +95,8 @@ impl Room {
             members: HashMap::new(),
             users: HashMap::new(),
             attempts: 0,
+            last: None,
+            resync: None,
         }
     }
 
@@ -269,14 +282,13 @@ impl Handler<Join> for Room {
             let mut last = joining.latest;
             for (pos, m) in &joining.replay {
                 let _ = outbox.send(server::message(m, *pos));
-                last = last.max(Some(*pos));
+                if is_after(*pos, last) {
+                    last = Some(*pos);
+                }
             }
             for (pos, frame) in buffer {
-                match pos {
-                    Some(p) if Some(p) <= last => {}
-                    _ => {
-                        let _ = outbox.send(frame);
-                    }
+                if pos.is_none_or(|p| is_after(p, last)) {
+                    let _ = outbox.send(frame);
                 }
             }
             Ok(())
@@ -308,10 +320,26 @@ impl Handler<Deliver> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _ctx: &mut Self::Context) {
-        let Some((frame, skip_user)) = Self::frame_for(&msg.0) else {
+        match &mut self.resync {
+            Some(waiting) => waiting.push(msg.0),
+            None => self.fan_out(&msg.0),
+        }
+    }
+}
+
+impl Room {
+    /// Serializes one envelope once and hands the bytes to every member.
+    fn fan_out(&mut self, delivery: &Delivery) {
+        let pos = delivery.pos;
+        if let (Envelope::Message(_), Some(p)) = (&delivery.envelope, pos) {
+            if !is_after(p, self.last) {
+                return;
+            }
+            self.last = Some(p);
+        }
+        let Some((frame, skip_user)) = Self::frame_for(delivery) else {
             return;
         };
-        let pos = msg.0.pos;
         let limit = self.settings.outbound_bytes;
         let mut delivered = 0;
         for member in self.members.values_mut() {
@@ -339,6 +367,52 @@ impl Handler<Deliver> for Room {
             }
         }
         crate::metrics::deliveries(delivered);
+    }
+}
+
+/// The broker link came back after an outage: messages published on other
+/// nodes meanwhile never reached this one. The room reads them from history
+/// and fans them out before any newer live message, so members miss nothing.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync;
+
+impl Handler<Resync> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Resync, ctx: &mut Self::Context) {
+        let Some(since) = self.last else {
+            return;
+        };
+        if self.resync.is_some() {
+            return;
+        }
+        self.resync = Some(Vec::new());
+        let (broker, room) = (self.broker.clone(), self.name.clone());
+        let read = async move {
+            broker
+                .history(&room, HistoryQuery::Since { pos: since })
+                .await
+        };
+        ctx.spawn(read.into_actor(self).map(move |res, act, _ctx| {
+            match res {
+                Ok(history) if history.complete => {
+                    let topic = chatmesh_broker::Topic::Room(act.name.to_string());
+                    for (pos, m) in history.messages {
+                        act.fan_out(&Delivery {
+                            topic: topic.clone(),
+                            pos: Some(pos),
+                            envelope: Envelope::Message(m),
+                        });
+                    }
+                }
+                Ok(_) => tracing::warn!(room = %act.name, "history lost during the broker outage; members must reload"),
+                Err(e) => tracing::warn!(room = %act.name, cause = %e, "catch-up after reconnect failed"),
+            }
+            for delivery in act.resync.take().unwrap_or_default() {
+                act.fan_out(&delivery);
+            }
+        }));
     }
 }
 
