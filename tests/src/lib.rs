@@ -8,11 +8,13 @@
 //! - [`client`]: a WebSocket test client speaking protocol v1.
 //! - [`cluster`]: one broker plus N nodes per test, for any broker kind (the
 //!   fixture of the cluster suite), or already-running external nodes.
+//! - [`nats`]: start `nats-server` with JetStream (one server or a 3-server cluster).
 //! - [`redis`]: start `redis-server` (one server or a 3-master cluster).
 //! - [`ports`]: free loopback ports.
 
 pub mod client;
 pub mod cluster;
+pub mod nats;
 pub mod node;
 pub mod ports;
 pub mod redis;

@@ -1,0 +1,411 @@
+//! [`NatsBroker`]: the [`Broker`] trait on NATS with JetStream.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::IntoFuture;
+use std::sync::{Arc, Mutex as StdMutex};
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv::CreateErrorKind;
+use async_nats::HeaderMap;
+use async_trait::async_trait;
+use chatmesh_broker::{
+    codec, Broker, BrokerError, BrokerEvent, BrokerSettings, DedupeKey, DirectMessage, Envelope,
+    History, HistoryQuery, NodeInfo, Pos, Published, RoomMessage, Topic,
+};
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::error::{check_url, protocol, timed_out, unavailable, NatsConfigError};
+use crate::history;
+use crate::link::{self, Link, Session, REQUEST_TIMEOUT};
+use crate::presence;
+use crate::records::Entries;
+
+/// How many events may wait for the node's bridge before the readers wait.
+const EVENT_BUFFER: usize = 16 * 1024;
+
+/// Where JetStream keeps the rooms stream and the buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// On disk: history and presence survive a NATS restart. The default.
+    #[default]
+    File,
+    /// In memory: lost when the NATS server restarts (the epoch then changes,
+    /// so clients are told to reload).
+    Memory,
+}
+
+/// NATS-specific settings beyond [`BrokerSettings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatsOptions {
+    /// Storage of the stream and buckets, when this node creates them.
+    pub storage: Storage,
+    /// JetStream replicas of the stream and buckets (1 to 5; 3 on a 3-server
+    /// cluster keeps history through the loss of one server).
+    pub replicas: usize,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        Self {
+            storage: Storage::File,
+            replicas: 1,
+        }
+    }
+}
+
+/// A node's NATS broker. See the crate docs for subjects and guarantees.
+pub struct NatsBroker {
+    inner: Arc<Inner>,
+    events: StdMutex<Option<mpsc::Receiver<BrokerEvent>>>,
+    task: StdMutex<Option<JoinHandle<()>>>,
+}
+
+struct Inner {
+    link: Arc<Link>,
+    /// This node's presence entries: room → (user, node). The heartbeat
+    /// refreshes exactly these. Joins, leaves and heartbeats hold the lock, so
+    /// a heartbeat never re-adds an entry that a leave just removed.
+    presence: Mutex<BTreeMap<String, Entries>>,
+}
+
+impl NatsBroker {
+    /// [`NatsBroker::with_options`] with file storage and one replica.
+    pub fn new(url: &str, settings: BrokerSettings) -> Result<NatsBroker, NatsConfigError> {
+        Self::with_options(url, settings, NatsOptions::default())
+    }
+
+    /// Validates `url` (no network I/O) and starts connecting in the background.
+    ///
+    /// `url` is `nats://host:port`, or a comma-separated list of servers of one
+    /// NATS cluster (`nats://h:p1,nats://h:p2,…`). The broker is usable at once:
+    /// calls fail with [`BrokerError::Unavailable`] until the link is up, which
+    /// [`BrokerEvent::Connected`] announces.
+    ///
+    /// Must be called inside a tokio runtime.
+    pub fn with_options(
+        url: &str,
+        settings: BrokerSettings,
+        options: NatsOptions,
+    ) -> Result<NatsBroker, NatsConfigError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| NatsConfigError::NoRuntime)?;
+        let urls: Vec<String> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if urls.is_empty() {
+            return Err(NatsConfigError::Empty);
+        }
+        for u in &urls {
+            check_url(u)?;
+        }
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let link = Arc::new(Link::new(urls, settings, options, tx));
+        let task = runtime.spawn(link::run(link.clone()));
+        Ok(NatsBroker {
+            inner: Arc::new(Inner {
+                link,
+                presence: Mutex::new(BTreeMap::new()),
+            }),
+            events: StdMutex::new(Some(rx)),
+            task: StdMutex::new(Some(task)),
+        })
+    }
+}
+
+impl Drop for NatsBroker {
+    fn drop(&mut self) {
+        // A dropped broker stops its task, which drops the connection.
+        self.inner.link.shutdown_now();
+        if let Ok(mut task) = self.task.lock() {
+            if let Some(task) = task.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn session(&self) -> Result<Arc<Session>, BrokerError> {
+        self.link.session()
+    }
+
+    /// Refuses a payload the server would refuse, before sending anything.
+    fn check_size(session: &Session, len: usize) -> Result<(), BrokerError> {
+        let max = session.client.server_info().max_payload;
+        if max > 0 && len + 512 > max {
+            return Err(BrokerError::Invalid(format!(
+                "envelope of {len} bytes exceeds the NATS max_payload of {max}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The original answer to a room publish the stream found a duplicate of.
+    async fn original(&self, session: &Session, seq: u64, retry: &RoomMessage) -> Published {
+        let id = match history::message_at(&self.link, session, seq).await {
+            Ok(Some(m)) => m.id,
+            other => {
+                // Only when the room had more than history.size messages after
+                // the original within the dedupe window (or NATS is failing).
+                warn!(room = %retry.room, seq, outcome = ?other.map(|_| ()), "original of a duplicate publish is gone; answering with the retry's id");
+                retry.id.clone()
+            }
+        };
+        Published {
+            id,
+            pos: Some(Pos::new(session.epoch, seq, 0)),
+            duplicate: true,
+        }
+    }
+
+    async fn publish_core(
+        &self,
+        session: &Session,
+        subjects: &[String],
+        payload: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        Self::check_size(session, payload.len())?;
+        let payload = bytes::Bytes::from(payload);
+        for subject in subjects {
+            self.link
+                .run("publish", session.client.publish(subject.clone(), payload.clone()))
+                .await?;
+        }
+        self.link.run("publish", session.client.flush()).await
+    }
+}
+
+#[async_trait]
+impl Broker for NatsBroker {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn take_events(&self) -> Option<mpsc::Receiver<BrokerEvent>> {
+        self.events.lock().ok()?.take()
+    }
+
+    async fn subscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        self.inner.link.subscribe(topics).await
+    }
+
+    async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        self.inner.link.unsubscribe(topics).await
+    }
+
+    async fn publish_message(
+        &self,
+        msg: RoomMessage,
+        dedupe: Option<DedupeKey>,
+    ) -> Result<Published, BrokerError> {
+        let inner = &self.inner;
+        let link = &inner.link;
+        let session = inner.session()?;
+        let bytes = codec::encode(&Envelope::Message(msg.clone()));
+        Inner::check_size(&session, bytes.len())?;
+        let mut headers = HeaderMap::new();
+        if let Some(d) = &dedupe {
+            headers.insert(
+                "Nats-Msg-Id",
+                link.names.msg_id(&msg.room, &d.user, &d.cid).as_str(),
+            );
+        }
+        let js = async_nats::jetstream::new(session.client.clone());
+        let subject = link.names.stored(&msg.room);
+        let send = js.publish_with_headers(subject, headers, bytes.into());
+        let ack_future = match tokio::time::timeout(REQUEST_TIMEOUT, send).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return Err(unavailable("publish", e)),
+            Err(_) => return Err(timed_out("publish")),
+        };
+        let ack = match tokio::time::timeout(REQUEST_TIMEOUT, ack_future.into_future()).await {
+            Ok(Ok(ack)) => ack,
+            Ok(Err(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                return Err(BrokerError::Invalid(e.to_string()))
+            }
+            Ok(Err(e)) => return Err(unavailable("publish", e)),
+            Err(_) => return Err(timed_out("publish")),
+        };
+        if ack.stream != link.names.rooms_stream() {
+            return Err(protocol(
+                "publish",
+                format!("stored by stream {:?}", ack.stream),
+            ));
+        }
+        if ack.duplicate {
+            return Ok(inner.original(&session, ack.sequence, &msg).await);
+        }
+        Ok(Published {
+            id: msg.id,
+            pos: Some(Pos::new(session.epoch, ack.sequence, 0)),
+            duplicate: false,
+        })
+    }
+
+    async fn publish_direct(
+        &self,
+        msg: DirectMessage,
+        dedupe: Option<DedupeKey>,
+    ) -> Result<Published, BrokerError> {
+        let inner = &self.inner;
+        let link = &inner.link;
+        let session = inner.session()?;
+        let mut key = None;
+        if let Some(d) = &dedupe {
+            let store = &session.buckets()?.dedupe;
+            let k = link.names.direct_dedupe_key(&msg.to, &d.user, &d.cid);
+            for _ in 0..2 {
+                let create = store.create(&k, msg.id.clone().into_bytes().into());
+                match tokio::time::timeout(REQUEST_TIMEOUT, create).await {
+                    Ok(Ok(_)) => {
+                        key = Some(k.clone());
+                        break;
+                    }
+                    Ok(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => {
+                        if let Some(first) = link.run("publish_direct", store.get(&k)).await? {
+                            return Ok(Published {
+                                id: String::from_utf8_lossy(&first).into_owned(),
+                                pos: None,
+                                duplicate: true,
+                            });
+                        }
+                        // Expired between the two calls: try again.
+                    }
+                    Ok(Err(e)) => return Err(unavailable("publish_direct", e)),
+                    Err(_) => return Err(timed_out("publish_direct")),
+                }
+            }
+            if key.is_none() {
+                return Err(BrokerError::Unavailable(
+                    "publish_direct: dedupe key kept changing".into(),
+                ));
+            }
+        }
+        let mut subjects = vec![link.names.user(&msg.to)];
+        if msg.from != msg.to {
+            subjects.push(link.names.user(&msg.from));
+        }
+        let payload = codec::encode(&Envelope::Direct(msg.clone()));
+        if let Err(e) = inner.publish_core(&session, &subjects, payload).await {
+            if let (Some(k), Ok(b)) = (key, session.buckets()) {
+                // Not delivered: a retry must not be taken for a duplicate.
+                let _ = link.run("publish_direct", b.dedupe.purge(k)).await;
+            }
+            return Err(e);
+        }
+        Ok(Published {
+            id: msg.id,
+            pos: None,
+            duplicate: false,
+        })
+    }
+
+    async fn publish_ephemeral(&self, env: Envelope) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let session = inner.session()?;
+        let subject = inner.link.names.ephemeral(&env.topic());
+        inner
+            .publish_core(&session, &[subject], codec::encode(&env))
+            .await
+    }
+
+    async fn history(&self, room: &str, query: HistoryQuery) -> Result<History, BrokerError> {
+        let session = self.inner.session()?;
+        history::history(&self.inner.link, &session, room, query).await
+    }
+
+    async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let mut local = inner.presence.lock().await;
+        let session = inner.session()?;
+        let entry = (user.to_owned(), node.to_owned());
+        let node_has_room = local
+            .get(room)
+            .is_some_and(|e| e.iter().any(|(_, n)| n == node));
+        let fresh = local
+            .entry(room.to_owned())
+            .or_default()
+            .insert(entry.clone());
+        let result = async {
+            if !node_has_room {
+                presence::ensure_node(&inner.link, &session, node).await?;
+                let rooms: BTreeSet<String> = local
+                    .iter()
+                    .filter(|(_, e)| e.iter().any(|(_, n)| n == node))
+                    .map(|(r, _)| r.clone())
+                    .collect();
+                presence::put_node_rooms(&inner.link, &session, node, &rooms).await?;
+            }
+            presence::update_room(&inner.link, &session, room, |e| {
+                e.insert(entry.clone());
+            })
+            .await
+            .map(|_| ())
+        }
+        .await;
+        if result.is_err() && fresh {
+            if let Some(set) = local.get_mut(room) {
+                set.remove(&entry);
+                if set.is_empty() {
+                    local.remove(room);
+                }
+            }
+        }
+        result
+    }
+
+    async fn presence_leave(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let mut local = inner.presence.lock().await;
+        let entry = (user.to_owned(), node.to_owned());
+        if let Some(set) = local.get_mut(room) {
+            set.remove(&entry);
+            if set.is_empty() {
+                local.remove(room);
+            }
+        }
+        // Gone locally whatever NATS says: the next heartbeat removes it if
+        // this call fails.
+        let session = inner.session()?;
+        presence::update_room(&inner.link, &session, room, |e| {
+            e.remove(&entry);
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn presence(&self, room: &str) -> Result<Vec<String>, BrokerError> {
+        let session = self.inner.session()?;
+        presence::users_in(&self.inner.link, &session, room).await
+    }
+
+    async fn heartbeat(&self, info: &NodeInfo) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let local = inner.presence.lock().await;
+        let session = inner.session()?;
+        presence::heartbeat(&inner.link, &session, info, &local).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
+        let session = self.inner.session()?;
+        presence::nodes(&self.inner.link, &session).await
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.link.is_connected()
+    }
+
+    async fn close(&self) {
+        self.inner.link.close().await;
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}

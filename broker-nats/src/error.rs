@@ -1,0 +1,96 @@
+//! Errors: [`NatsConfigError`] for a bad configuration, and the helpers that
+//! turn async-nats errors into [`BrokerError`]s.
+
+use std::fmt::Display;
+
+use chatmesh_broker::BrokerError;
+
+/// Why a [`crate::NatsBroker`] could not be created. Nothing here touched the
+/// network: these are all mistakes in `broker.url` or in how the broker is built.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsConfigError {
+    /// `broker.url` was empty.
+    #[error("broker.url is empty: expected nats://host:port or nats://h:p1,nats://h:p2,…")]
+    Empty,
+    /// One URL of `broker.url` is not a usable NATS URL.
+    #[error("broker.url: {url:?} is not a valid NATS URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// The broker spawns its connection task on the current tokio runtime.
+    #[error("the NATS broker must be created inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// Checks one server URL of `broker.url`: `nats://host:port` (or `tls://`).
+pub(crate) fn check_url(url: &str) -> Result<(), NatsConfigError> {
+    let bad = |reason: &str| NatsConfigError::BadUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let rest = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"))
+        .ok_or_else(|| bad("only nats:// (or tls://) URLs are supported"))?;
+    // Credentials are allowed (`nats://user:pass@host:port`); the host part follows `@`.
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, hp)| hp);
+    let host_port = host_port.trim_end_matches('/');
+    let (host, port) = host_port
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected host:port"))?;
+    if host.is_empty() {
+        return Err(bad("the host is empty"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| bad("the port is not a number from 1 to 65535"))
+        .and_then(|p| if p == 0 { Err(bad("port 0")) } else { Ok(()) })?;
+    url.parse::<async_nats::ServerAddr>()
+        .map_err(|e| bad(&e.to_string()))?;
+    Ok(())
+}
+
+/// The link (not the request) failed: nothing was accepted.
+pub(crate) fn unavailable(op: &str, cause: impl Display) -> BrokerError {
+    BrokerError::Unavailable(format!("{op}: {cause}"))
+}
+
+/// The call did not finish within the request timeout.
+pub(crate) fn timed_out(op: &str) -> BrokerError {
+    BrokerError::Unavailable(format!(
+        "{op}: no answer from NATS within {:?}",
+        crate::link::REQUEST_TIMEOUT
+    ))
+}
+
+/// NATS answered something this code does not understand.
+pub(crate) fn protocol(op: &str, cause: impl Display) -> BrokerError {
+    BrokerError::Protocol(format!("{op}: {cause}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked() {
+        for ok in [
+            "nats://127.0.0.1:4222",
+            "nats://host:1",
+            "tls://h:4443",
+            "nats://u:p@h:4222",
+        ] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "127.0.0.1:4222",
+            "http://h:1",
+            "nats://h",
+            "nats://:4222",
+            "nats://h:notaport",
+            "nats://h:0",
+            "nats://h:70000",
+            "redis://h:1",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+}

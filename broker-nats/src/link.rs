@@ -1,0 +1,588 @@
+//! The node's link to NATS: its one client connection, the JetStream stream
+//! and key-value buckets it works with, the subscribed topics, and the
+//! background task that connects, sets up and reconnects.
+//!
+//! # Connection
+//! One async-nats client, hence one TCP connection per node, whatever the
+//! number of clients, rooms or users: every subscription, JetStream call and
+//! key-value call is multiplexed on it. Each subscribed [`Topic`] is one core
+//! NATS subscription, read by a small forwarding task that hands its messages,
+//! in order, to the node's one event channel.
+//!
+//! # Failure handling
+//! Calls run only while the link is up ([`Link::session`]); while it is down
+//! they fail at once with [`BrokerError::Unavailable`], and every request has
+//! [`REQUEST_TIMEOUT`]. The client pings the server every [`PING_INTERVAL`],
+//! so a silent server is noticed too.
+//!
+//! async-nats keeps commands issued while its connection is down in a queue and
+//! sends them after it reconnects. A publish whose caller already got an error
+//! must never be delivered later, so the client is allowed only one immediate
+//! failover round (one attempt per listed server, no delay) and is then
+//! dropped with whatever it queued; the background task builds a new client
+//! with exponential backoff from [`MIN_BACKOFF`] to [`MAX_BACKOFF`], sets up the
+//! stream and buckets, subscribes every held topic again, proves the
+//! subscriptions with a round trip, and only then emits
+//! [`BrokerEvent::Connected`]. On a failover within the client's round, the
+//! client resubscribes by itself and the task sets up the stream again before
+//! `Connected`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::{Client, ClientError, ConnectOptions, Event};
+use chatmesh_broker::{codec, BrokerError, BrokerEvent, BrokerSettings, Delivery, Pos, Topic};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::error::{timed_out, unavailable};
+use crate::names::{Carries, Names};
+use crate::records::epoch_of;
+use crate::{NatsOptions, Storage};
+
+/// How long any one request (JetStream publish ack, key-value call, history
+/// read step) may take before it fails with `Unavailable`.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first reconnect delay.
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest reconnect delay.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the client pings the server; two unanswered pings drop the connection.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the background task checks a link that is down inside one client.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// The key-value buckets (NATS ≥ 2.10).
+pub(crate) struct Buckets {
+    pub(crate) nodes: kv::Store,
+    pub(crate) presence: kv::Store,
+    pub(crate) node_rooms: kv::Store,
+    pub(crate) dedupe: kv::Store,
+}
+
+/// Everything a call needs from one live client.
+pub(crate) struct Session {
+    pub(crate) client: Client,
+    pub(crate) rooms: stream::Stream,
+    /// The rooms stream's epoch (from its creation time).
+    pub(crate) epoch: u64,
+    /// `None` when the server could not create the buckets (NATS 2.9).
+    buckets: Option<Buckets>,
+}
+
+impl Session {
+    pub(crate) fn buckets(&self) -> Result<&Buckets, BrokerError> {
+        self.buckets.as_ref().ok_or_else(|| {
+            BrokerError::Unavailable(
+                "the NATS server has no key-value buckets for chatmesh (NATS ≥ 2.10 is required for presence, nodes and direct dedupe)".into(),
+            )
+        })
+    }
+}
+
+/// Aborts its forwarding task when dropped, which drops the subscriber and so
+/// unsubscribes.
+struct Forwarder(JoinHandle<()>);
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The held topics and, while a client lives, their forwarding tasks. Behind
+/// one async lock so that a resubscription of everything and a subscription
+/// of new topics never interleave.
+#[derive(Default)]
+struct Subs {
+    topics: BTreeSet<Topic>,
+    forwarders: BTreeMap<Topic, Forwarder>,
+}
+
+/// State shared by the broker's calls and the background task.
+pub(crate) struct Link {
+    pub(crate) names: Names,
+    pub(crate) settings: BrokerSettings,
+    options: NatsOptions,
+    urls: Vec<String>,
+    session: RwLock<Option<Arc<Session>>>,
+    subs: Mutex<Subs>,
+    /// The epoch stamped on live deliveries.
+    epoch: AtomicU64,
+    connected: AtomicBool,
+    closed: AtomicBool,
+    shutdown: watch::Sender<bool>,
+    events: mpsc::Sender<BrokerEvent>,
+}
+
+impl Link {
+    pub(crate) fn new(
+        urls: Vec<String>,
+        settings: BrokerSettings,
+        options: NatsOptions,
+        events: mpsc::Sender<BrokerEvent>,
+    ) -> Self {
+        Self {
+            names: Names::new(&settings.namespace),
+            settings,
+            options,
+            urls,
+            session: RwLock::new(None),
+            subs: Mutex::new(Subs::default()),
+            epoch: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            shutdown: watch::Sender::new(false),
+            events,
+        }
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+            && !self.closed.load(Ordering::Acquire)
+            && self.current().is_some_and(|s| {
+                s.client.connection_state() == async_nats::connection::State::Connected
+            })
+    }
+
+    fn current(&self) -> Option<Arc<Session>> {
+        self.session.read().ok().and_then(|s| s.clone())
+    }
+
+    fn set_session(&self, session: Option<Arc<Session>>) {
+        if let Ok(mut guard) = self.session.write() {
+            *guard = session;
+        }
+    }
+
+    /// The live session, or why there is none. Checking the client's own state
+    /// too means nothing is handed to a client that is reconnecting.
+    pub(crate) fn session(&self) -> Result<Arc<Session>, BrokerError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed);
+        }
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(BrokerError::Unavailable("not connected to NATS".into()));
+        }
+        let session = self
+            .current()
+            .ok_or_else(|| BrokerError::Unavailable("not connected to NATS".into()))?;
+        if session.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(BrokerError::Unavailable("the NATS connection is down".into()));
+        }
+        Ok(session)
+    }
+
+    /// Runs one request with [`REQUEST_TIMEOUT`], mapping its error.
+    pub(crate) async fn run<T, E: std::fmt::Display>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, BrokerError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                debug!(op, cause = %e, "nats request failed");
+                Err(unavailable(op, e))
+            }
+            Err(_) => {
+                debug!(op, "nats request timed out");
+                Err(timed_out(op))
+            }
+        }
+    }
+
+    /// Subscribes to the topics not yet held, then proves the subscriptions
+    /// reached the server with a round trip.
+    pub(crate) async fn subscribe(self: &Arc<Self>, topics: &[Topic]) -> Result<(), BrokerError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed);
+        }
+        let mut subs = self.subs.lock().await;
+        let new: BTreeSet<Topic> = topics
+            .iter()
+            .filter(|t| !subs.topics.contains(t))
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let session = self.session()?;
+        let mut started = Vec::with_capacity(new.len());
+        for topic in &new {
+            started.push((topic.clone(), self.forward(&session.client, topic).await?));
+        }
+        self.round_trip(&session).await?;
+        for (topic, fwd) in started {
+            subs.forwarders.insert(topic, fwd);
+        }
+        subs.topics.extend(new);
+        Ok(())
+    }
+
+    /// Forgets the topics; dropping their forwarders unsubscribes them, and no
+    /// delivery of theirs reaches the node after this returns.
+    pub(crate) async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed);
+        }
+        let mut subs = self.subs.lock().await;
+        for topic in topics {
+            subs.topics.remove(topic);
+            subs.forwarders.remove(topic);
+        }
+        Ok(())
+    }
+
+    /// A request nobody answers: the server says "no responders", which proves
+    /// that everything sent before it on this connection was processed.
+    pub(crate) async fn round_trip(&self, session: &Session) -> Result<(), BrokerError> {
+        let ping = session
+            .client
+            .request(self.names.ping(), Vec::new().into());
+        match tokio::time::timeout(REQUEST_TIMEOUT, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Ok(Err(e)) => Err(unavailable("round trip", e)),
+            Err(_) => Err(timed_out("round trip")),
+        }
+    }
+
+    /// Subscribes one topic and starts the task that forwards its messages.
+    async fn forward(self: &Arc<Self>, client: &Client, topic: &Topic) -> Result<Forwarder, BrokerError> {
+        let subject = self.names.subscription(topic);
+        let mut sub = self.run("subscribe", client.subscribe(subject)).await?;
+        let link = Arc::downgrade(self);
+        let topic = topic.clone();
+        Ok(Forwarder(tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let Some(link) = link.upgrade() else { return };
+                link.on_message(&topic, msg).await;
+            }
+        })))
+    }
+
+    /// Decodes one message of a subscribed topic and hands it to the node.
+    async fn on_message(&self, topic: &Topic, msg: async_nats::Message) {
+        let Some((of, carries)) = self.names.topic_of(msg.subject.as_str()) else {
+            warn!(subject = %msg.subject, "message on an unknown subject dropped");
+            return;
+        };
+        if &of != topic {
+            warn!(subject = %msg.subject, "message of another topic dropped");
+            return;
+        }
+        let pos = match carries {
+            Carries::Ephemeral => None,
+            Carries::Stored => {
+                let seq = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Sequence"))
+                    .and_then(|v| v.as_str().parse::<u64>().ok());
+                let Some(seq) = seq else {
+                    warn!(subject = %msg.subject, "republished message without Nats-Sequence dropped");
+                    return;
+                };
+                Some(Pos::new(self.epoch.load(Ordering::Acquire), seq, 0))
+            }
+        };
+        let envelope = match codec::decode(&msg.payload) {
+            Ok(env) => env,
+            Err(cause) => {
+                warn!(subject = %msg.subject, %cause, "undecodable envelope dropped");
+                return;
+            }
+        };
+        let event = BrokerEvent::Delivery(Delivery {
+            topic: of,
+            pos,
+            envelope,
+        });
+        // Fails only when the node dropped its receiver (shutting down).
+        let _ = self.events.send(event).await;
+    }
+
+    async fn emit(&self, event: BrokerEvent) {
+        let _ = self.events.send(event).await;
+    }
+
+    /// Marks the link down; emits `Disconnected` if it was up.
+    async fn set_down(&self) {
+        if self.connected.swap(false, Ordering::AcqRel) {
+            warn!("nats link down");
+            self.emit(BrokerEvent::Disconnected).await;
+        }
+    }
+
+    async fn set_up(&self, session: Arc<Session>) {
+        self.epoch.store(session.epoch, Ordering::Release);
+        self.set_session(Some(session));
+        if !self.connected.swap(true, Ordering::AcqRel) {
+            info!("nats link up");
+        }
+        self.emit(BrokerEvent::Connected).await;
+    }
+
+    /// Drops the client and every handle on it, which ends its connection and
+    /// discards whatever it still queued.
+    async fn tear_down(&self) {
+        self.set_session(None);
+        self.subs.lock().await.forwarders.clear();
+    }
+
+    /// Stops the background task and drops the connection.
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.shutdown.send_replace(true);
+        self.connected.store(false, Ordering::Release);
+        self.tear_down().await;
+    }
+
+    /// Like [`Link::close`], for `Drop`: no await.
+    pub(crate) fn shutdown_now(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.shutdown.send_replace(true);
+        self.connected.store(false, Ordering::Release);
+        self.set_session(None);
+        if let Ok(mut subs) = self.subs.try_lock() {
+            subs.forwarders.clear();
+        }
+    }
+
+    fn storage(&self) -> stream::StorageType {
+        match self.options.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        }
+    }
+
+    /// The rooms stream's configuration. See the crate docs.
+    fn rooms_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.names.rooms_stream(),
+            description: Some(format!(
+                "chatmesh room history of namespace {:?}",
+                self.settings.namespace
+            )),
+            subjects: vec![self.names.stored_wildcard()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            // One more than served: see the `history` module.
+            max_messages_per_subject: self.settings.history_size.max(1) as i64 + 1,
+            duplicate_window: self.settings.dedupe_window,
+            storage: self.storage(),
+            num_replicas: self.options.replicas.max(1),
+            allow_direct: true,
+            republish: Some(stream::Republish {
+                source: self.names.stored_wildcard(),
+                destination: self.names.republish_destination(),
+                headers_only: false,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn bucket_config(&self, bucket: String, max_age: Duration) -> kv::Config {
+        kv::Config {
+            bucket,
+            history: 1,
+            max_age,
+            storage: self.storage(),
+            num_replicas: self.options.replicas.max(1),
+            ..Default::default()
+        }
+    }
+
+    /// Creates (or updates) the rooms stream and the buckets, and reads the epoch.
+    async fn setup(&self, client: &Client) -> Result<Session, BrokerError> {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(REQUEST_TIMEOUT);
+        let config = self.rooms_config();
+        let name = config.name.clone();
+        if let Err(e) = self
+            .run("create stream", js.create_or_update_stream(config))
+            .await
+        {
+            // An existing stream with a setting that cannot change (storage,
+            // replicas) is used as it is.
+            warn!(stream = %name, cause = %e, "could not create or update the rooms stream; using it as it is");
+        }
+        let mut rooms = self.run("get stream", js.get_stream(&name)).await?;
+        let created = self.run("stream info", rooms.info()).await?.created;
+        let epoch = epoch_of(created.unix_timestamp_nanos());
+        let buckets = match self.buckets(&js).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                warn!(cause = %e, "key-value buckets unavailable (NATS ≥ 2.10 needed): presence, nodes and direct dedupe will fail");
+                None
+            }
+        };
+        debug!(stream = %name, epoch = %format!("{epoch:x}"), "rooms stream ready");
+        Ok(Session {
+            client: client.clone(),
+            rooms,
+            epoch,
+            buckets,
+        })
+    }
+
+    async fn buckets(&self, js: &jetstream::Context) -> Result<Buckets, BrokerError> {
+        let n = &self.names;
+        let s = &self.settings;
+        let make = |bucket: String, max_age: Duration| {
+            let config = self.bucket_config(bucket, max_age);
+            async move { self.run("create bucket", js.create_or_update_key_value(config)).await }
+        };
+        Ok(Buckets {
+            nodes: make(n.nodes_bucket(), s.presence_ttl).await?,
+            presence: make(n.presence_bucket(), Duration::ZERO).await?,
+            node_rooms: make(n.node_rooms_bucket(), Duration::ZERO).await?,
+            dedupe: make(n.dedupe_bucket(), s.dedupe_window).await?,
+        })
+    }
+
+    /// Sets up a new client: stream, buckets, every held topic, a round trip.
+    async fn bring_up(self: &Arc<Self>, client: &Client) -> Result<Arc<Session>, BrokerError> {
+        let session = Arc::new(self.setup(client).await?);
+        let mut subs = self.subs.lock().await;
+        subs.forwarders.clear();
+        let topics: Vec<Topic> = subs.topics.iter().cloned().collect();
+        for topic in &topics {
+            let fwd = self.forward(client, topic).await?;
+            subs.forwarders.insert(topic.clone(), fwd);
+        }
+        self.round_trip(&session).await?;
+        info!(topics = topics.len(), "subscribed to nats");
+        Ok(session)
+    }
+
+    fn connect_options(&self, events: mpsc::UnboundedSender<Event>) -> ConnectOptions {
+        ConnectOptions::new()
+            .name(format!("chatmesh {}", self.settings.namespace))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .ping_interval(PING_INTERVAL)
+            // One immediate failover round, then this client is dropped: see the module docs.
+            .max_reconnects(self.urls.len())
+            .reconnect_delay_callback(|_| Duration::ZERO)
+            .event_callback(move |event| {
+                let events = events.clone();
+                async move {
+                    let _ = events.send(event);
+                }
+            })
+    }
+}
+
+/// The background task: connects, sets up, watches, reconnects, until the broker closes.
+pub(crate) async fn run(link: Arc<Link>) {
+    let mut shutdown = link.shutdown.subscribe();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let options = link.connect_options(tx);
+        let connect = async_nats::connect_with_options(link.urls.clone(), options);
+        match tokio::time::timeout(CONNECT_TIMEOUT * (link.urls.len() as u32 + 1), connect).await
+        {
+            Ok(Ok(client)) => match link.bring_up(&client).await {
+                Ok(session) => {
+                    backoff = MIN_BACKOFF;
+                    link.set_up(session).await;
+                    watch_client(&link, &client, &mut rx, &mut shutdown).await;
+                }
+                Err(e) => debug!(cause = %e, "nats setup failed"),
+            },
+            Ok(Err(e)) => debug!(cause = %e, "nats connect failed"),
+            Err(_) => debug!("nats connect timed out"),
+        }
+        link.set_down().await;
+        link.tear_down().await;
+        if !back_off(&mut backoff, &mut shutdown).await {
+            break;
+        }
+    }
+    link.tear_down().await;
+}
+
+/// Follows one client's events until it is dead (or the broker closes).
+async fn watch_client(
+    link: &Arc<Link>,
+    client: &Client,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut down_since: Option<Instant> = None;
+    // The client's failover round takes at most this long; past it, it is dead.
+    let failover = CONNECT_TIMEOUT * (link.urls.len() as u32 + 1);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(Event::Disconnected) => {
+                    down_since.get_or_insert_with(Instant::now);
+                    link.set_down().await;
+                }
+                Some(Event::Connected) => {
+                    if link.connected.load(Ordering::Acquire) {
+                        continue; // the initial connect, already set up
+                    }
+                    // A failover inside the client's round: it resubscribed by
+                    // itself; the stream may be another one now.
+                    match link.setup(client).await {
+                        Ok(session) => {
+                            down_since = None;
+                            let session = Arc::new(session);
+                            if link.round_trip(&session).await.is_err() {
+                                return;
+                            }
+                            link.set_up(session).await;
+                        }
+                        Err(e) => {
+                            debug!(cause = %e, "nats setup after failover failed");
+                            return;
+                        }
+                    }
+                }
+                Some(Event::ClientError(ClientError::MaxReconnects)) | Some(Event::Closed) | None => return,
+                Some(other) => debug!(event = %other, "nats client event"),
+            },
+            _ = check.tick() => {
+                let state = client.connection_state();
+                if state != async_nats::connection::State::Connected {
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    link.set_down().await;
+                    if since.elapsed() > failover {
+                        return;
+                    }
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Sleeps for the backoff (or until shutdown) and doubles it. False on shutdown.
+async fn back_off(backoff: &mut Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = shutdown.changed() => return false,
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    !*shutdown.borrow()
+}
