@@ -173,7 +173,10 @@ impl Inner {
         let payload = bytes::Bytes::from(payload);
         for subject in subjects {
             self.link
-                .run("publish", session.client.publish(subject.clone(), payload.clone()))
+                .run(
+                    "publish",
+                    session.client.publish(subject.clone(), payload.clone()),
+                )
                 .await?;
         }
         self.link.run("publish", session.client.flush()).await

@@ -176,7 +176,9 @@ impl Link {
             .current()
             .ok_or_else(|| BrokerError::Unavailable("not connected to NATS".into()))?;
         if session.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(BrokerError::Unavailable("the NATS connection is down".into()));
+            return Err(BrokerError::Unavailable(
+                "the NATS connection is down".into(),
+            ));
         }
         Ok(session)
     }
@@ -245,9 +247,7 @@ impl Link {
     /// A request nobody answers: the server says "no responders", which proves
     /// that everything sent before it on this connection was processed.
     pub(crate) async fn round_trip(&self, session: &Session) -> Result<(), BrokerError> {
-        let ping = session
-            .client
-            .request(self.names.ping(), Vec::new().into());
+        let ping = session.client.request(self.names.ping(), Vec::new().into());
         match tokio::time::timeout(REQUEST_TIMEOUT, ping).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
@@ -257,7 +257,11 @@ impl Link {
     }
 
     /// Subscribes one topic and starts the task that forwards its messages.
-    async fn forward(self: &Arc<Self>, client: &Client, topic: &Topic) -> Result<Forwarder, BrokerError> {
+    async fn forward(
+        self: &Arc<Self>,
+        client: &Client,
+        topic: &Topic,
+    ) -> Result<Forwarder, BrokerError> {
         let subject = self.names.subscription(topic);
         let mut sub = self.run("subscribe", client.subscribe(subject)).await?;
         let link = Arc::downgrade(self);
@@ -440,7 +444,10 @@ impl Link {
         let s = &self.settings;
         let make = |bucket: String, max_age: Duration| {
             let config = self.bucket_config(bucket, max_age);
-            async move { self.run("create bucket", js.create_or_update_key_value(config)).await }
+            async move {
+                self.run("create bucket", js.create_or_update_key_value(config))
+                    .await
+            }
         };
         Ok(Buckets {
             nodes: make(n.nodes_bucket(), s.presence_ttl).await?,
@@ -494,8 +501,7 @@ pub(crate) async fn run(link: Arc<Link>) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let options = link.connect_options(tx);
         let connect = async_nats::connect_with_options(link.urls.clone(), options);
-        match tokio::time::timeout(CONNECT_TIMEOUT * (link.urls.len() as u32 + 1), connect).await
-        {
+        match tokio::time::timeout(CONNECT_TIMEOUT * (link.urls.len() as u32 + 1), connect).await {
             Ok(Ok(client)) => match link.bring_up(&client).await {
                 Ok(session) => {
                     backoff = MIN_BACKOFF;

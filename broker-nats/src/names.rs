@@ -94,7 +94,9 @@ impl Names {
 
     /// The room of a stored subject `<ns>.in.<room>`.
     pub(crate) fn topic_of_stored(&self, subject: &str) -> Option<String> {
-        let rest = subject.strip_prefix(self.ns.as_str())?.strip_prefix(".in.")?;
+        let rest = subject
+            .strip_prefix(self.ns.as_str())?
+            .strip_prefix(".in.")?;
         if rest.contains('.') {
             return None;
         }
@@ -214,7 +216,8 @@ mod tests {
             let e = escape(s);
             assert!(!e.is_empty());
             assert!(
-                e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                e.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
                 "{e}"
             );
             assert_eq!(unescape(&e).as_deref(), Some(s), "{e}");
@@ -243,18 +246,21 @@ mod tests {
             let eph = n.ephemeral(&t);
             assert_eq!(n.topic_of(&eph), Some((t.clone(), Carries::Ephemeral)));
             if let Topic::Room(room) = &t {
-                assert_eq!(n.topic_of(&n.live(room)), Some((t.clone(), Carries::Stored)));
+                assert_eq!(
+                    n.topic_of(&n.live(room)),
+                    Some((t.clone(), Carries::Stored))
+                );
                 // The stored input subject is never delivered to nodes.
                 assert_eq!(n.topic_of(&n.stored(room)), None);
-                assert_eq!(n.topic_of_stored(&n.stored(room)).as_deref(), Some(room.as_str()));
+                assert_eq!(
+                    n.topic_of_stored(&n.stored(room)).as_deref(),
+                    Some(room.as_str())
+                );
             }
         }
         assert_eq!(n.subscription(&Topic::Room("g".into())), "ns_2E1.room.g.*");
         assert_eq!(Names::new("other").topic_of("ns_2E1.room.g.msg"), None);
-        assert_eq!(
-            n.republish_destination(),
-            "ns_2E1.room.{{wildcard(1)}}.msg"
-        );
+        assert_eq!(n.republish_destination(), "ns_2E1.room.{{wildcard(1)}}.msg");
         assert_eq!(n.rooms_stream(), "chatmesh-ns_2E1-rooms");
     }
 }

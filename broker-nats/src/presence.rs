@@ -31,8 +31,8 @@ use crate::error::{timed_out, unavailable};
 use crate::link::{Link, Session, REQUEST_TIMEOUT};
 use crate::names::{escape, unescape};
 use crate::records::{
-    decode_entries, decode_node_info, decode_rooms, encode_entries, encode_node_info,
-    encode_rooms, users, Entries,
+    decode_entries, decode_node_info, decode_rooms, encode_entries, encode_node_info, encode_rooms,
+    users, Entries,
 };
 
 /// How often a compare-and-set is retried before the call gives up.
@@ -92,17 +92,16 @@ pub(crate) async fn update_room(
                 Ok(Err(e)) => Err(unavailable("presence", e)),
                 Err(_) => Err(timed_out("presence")),
             },
-            Some(rev) => match tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                store.update(&key, value.into(), rev),
-            )
-            .await
-            {
-                Ok(Ok(_)) => Ok(true),
-                Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
-                Ok(Err(e)) => Err(unavailable("presence", e)),
-                Err(_) => Err(timed_out("presence")),
-            },
+            Some(rev) => {
+                match tokio::time::timeout(REQUEST_TIMEOUT, store.update(&key, value.into(), rev))
+                    .await
+                {
+                    Ok(Ok(_)) => Ok(true),
+                    Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+                    Ok(Err(e)) => Err(unavailable("presence", e)),
+                    Err(_) => Err(timed_out("presence")),
+                }
+            }
         }?;
         if written {
             let (was, now) = (users(&before), users(&entries));
@@ -171,7 +170,11 @@ pub(crate) async fn ensure_node(
 ) -> Result<(), BrokerError> {
     let store = &session.buckets()?.nodes;
     // An empty record: "joined, no heartbeat yet", which `nodes()` skips.
-    match tokio::time::timeout(REQUEST_TIMEOUT, store.create(escape(node), Vec::new().into())).await
+    match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        store.create(escape(node), Vec::new().into()),
+    )
+    .await
     {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => Ok(()),
@@ -249,7 +252,10 @@ pub(crate) async fn heartbeat(
     by_node.entry(info.id.as_str()).or_default();
     for (room, entries) in local {
         for (_, node) in entries {
-            by_node.entry(node.as_str()).or_default().insert(room.clone());
+            by_node
+                .entry(node.as_str())
+                .or_default()
+                .insert(room.clone());
         }
     }
     for (node, rooms) in &by_node {
@@ -261,7 +267,10 @@ pub(crate) async fn heartbeat(
         if live.contains(&node) || by_node.contains_key(node.as_str()) {
             continue;
         }
-        if let Some(e) = link.run("heartbeat", b.node_rooms.entry(escape(&node))).await? {
+        if let Some(e) = link
+            .run("heartbeat", b.node_rooms.entry(escape(&node)))
+            .await?
+        {
             if e.operation == Operation::Put {
                 dead.insert(node, (decode_rooms(&e.value), e.revision));
             }
@@ -272,7 +281,10 @@ pub(crate) async fn heartbeat(
     }
     let dead_nodes: HashSet<&str> = dead.keys().map(String::as_str).collect();
     let mut rooms: BTreeSet<&str> = local.keys().map(String::as_str).collect();
-    rooms.extend(dead.values().flat_map(|(r, _)| r.iter().map(String::as_str)));
+    rooms.extend(
+        dead.values()
+            .flat_map(|(r, _)| r.iter().map(String::as_str)),
+    );
     let own_nodes: HashSet<&str> = by_node.keys().copied().collect();
     let empty = Entries::new();
     for room in rooms {
@@ -288,7 +300,9 @@ pub(crate) async fn heartbeat(
         .await?;
     }
     for (node, (_, revision)) in dead {
-        let delete = b.node_rooms.delete_expect_revision(escape(&node), Some(revision));
+        let delete = b
+            .node_rooms
+            .delete_expect_revision(escape(&node), Some(revision));
         if let Err(e) = link.run("heartbeat", delete).await {
             debug!(node = %node, cause = %e, "dead node's room list changed meanwhile");
         }

@@ -247,7 +247,12 @@ async fn history_latest_before_since_and_trimming() {
         .expect("pub");
     a.publish_message(msg("h", "x2"), None).await.expect("pub");
     let h = a
-        .history("h", HistoryQuery::Since { pos: p.pos.expect("pos") })
+        .history(
+            "h",
+            HistoryQuery::Since {
+                pos: p.pos.expect("pos"),
+            },
+        )
         .await
         .expect("h");
     assert!(h.complete);
@@ -342,7 +347,11 @@ async fn nats_restarted_with_file_storage_keeps_history() {
     let ids: Vec<_> = h.messages.iter().map(|(_, m)| m.id.as_str()).collect();
     assert_eq!(ids, ["1", "2"]);
     let p = a.publish_message(msg("d", "3"), None).await.expect("pub");
-    assert_eq!(p.pos.expect("pos").epoch, pos[0].epoch, "same stream, same epoch");
+    assert_eq!(
+        p.pos.expect("pos").epoch,
+        pos[0].epoch,
+        "same stream, same epoch"
+    );
     assert_eq!(delivery(&mut rx_a).await.pos, p.pos);
 }
 
@@ -584,7 +593,10 @@ async fn a_fixed_number_of_connections_whatever_the_topics() {
     // Interest routing: one subscription per held topic (plus the client's
     // request inbox), and they go when the topics go.
     let subs = subscription_count(&r);
-    assert!((501..=503).contains(&subs), "{subs} subscriptions for 501 topics");
+    assert!(
+        (501..=503).contains(&subs),
+        "{subs} subscriptions for 501 topics"
+    );
     a.unsubscribe(&many).await.expect("unsub");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let subs = subscription_count(&r);
@@ -600,7 +612,17 @@ async fn odd_names_work() {
     let ns = ns("names.*.> y");
     let (a, mut rx_a) = node(&r.url(), settings(&ns, 10, TTL)).await;
     let (b, _rx_b) = node(&r.url(), settings(&ns, 10, TTL)).await;
-    let rooms = ["a.b", "*", ">", "x.*.>", "with space", "tab\there", "général 🎉", "", "_41"];
+    let rooms = [
+        "a.b",
+        "*",
+        ">",
+        "x.*.>",
+        "with space",
+        "tab\there",
+        "général 🎉",
+        "",
+        "_41",
+    ];
     let topics: Vec<Topic> = rooms.iter().map(|r| Topic::Room(r.to_string())).collect();
     a.subscribe(&topics).await.expect("sub");
     a.subscribe(&[Topic::User("ü.*>".into())])

@@ -48,7 +48,10 @@ pub fn locate() -> Result<(PathBuf, String)> {
     }
     let mut candidates = Vec::new();
     if let Ok(out) = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .stderr(Stdio::null())
         .output()
     {
@@ -319,7 +322,7 @@ impl NatsCluster {
     /// Starts three servers `c1`..`c3` routed to each other (`--cluster`,
     /// `--routes`, one `--cluster_name`), each with JetStream and its own
     /// `server_name`, and waits until every one is healthy (JetStream meta
-    /// leader elected) and has routes to the other two.
+    /// leader elected) and `/routez` lists routes to the other two.
     pub fn start() -> Result<NatsCluster> {
         let (bin, version) = locate()?;
         let mut last = None;
@@ -387,13 +390,20 @@ impl NatsCluster {
             procs.push(proc);
         }
         let deadline = Instant::now() + START_TIMEOUT * 2;
+        let names: Vec<String> = procs.iter().map(|p| p.name.clone()).collect();
         for proc in &mut procs {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let started = Instant::now();
+            // Servers ≥ 2.10 pool several route connections per peer: count peers.
+            let peers: Vec<&String> = names.iter().filter(|n| **n != proc.name).collect();
             loop {
                 let healthy = http_get(proc.monitor, "/healthz").is_ok_and(|b| b.contains("ok"));
-                let routed = http_get(proc.monitor, "/routez")
-                    .is_ok_and(|b| b.contains("\"num_routes\": 2") || b.contains("\"num_routes\":2"));
+                let routed = http_get(proc.monitor, "/routez").is_ok_and(|b| {
+                    let b = b.replace(' ', "");
+                    peers
+                        .iter()
+                        .all(|p| b.contains(&format!("\"remote_name\":\"{p}\"")))
+                });
                 if healthy && routed {
                     break;
                 }
@@ -408,7 +418,7 @@ impl NatsCluster {
                 }
                 if started.elapsed() > remaining {
                     bail!(
-                        "nats cluster server {} not ready (healthz ok and 2 routes) in time:\n{}",
+                        "nats cluster server {} not ready (healthz ok and routes to both peers) in time:\n{}",
                         proc.name,
                         read_log(&proc.log_path())
                     );

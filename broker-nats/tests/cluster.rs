@@ -1,0 +1,192 @@
+//! `NatsBroker` against a real three-server NATS cluster: nodes attached to
+//! different servers form one chat cluster.
+
+mod common;
+
+use std::time::Duration;
+
+use chatmesh_broker::{
+    Broker, BrokerEvent, BrokerSettings, DedupeKey, Envelope, HistoryQuery, PresenceChange, Topic,
+};
+use chatmesh_broker_nats::{NatsBroker, NatsOptions, Storage};
+use chatmesh_tests::nats::{http_get, NatsCluster};
+use common::*;
+use tokio::sync::mpsc::Receiver;
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// `num_connections` of every server, from `/connz`.
+fn connections(c: &NatsCluster) -> Vec<usize> {
+    c.monitor_ports()
+        .into_iter()
+        .map(|p| {
+            let body = http_get(p, "/connz").expect("connz");
+            body.split("\"num_connections\":")
+                .nth(1)
+                .and_then(|v| {
+                    v.trim_start()
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .expect("num_connections")
+        })
+        .collect()
+}
+
+/// A broker attached to one server of the cluster, with replicated storage.
+async fn attached(url: &str, settings: BrokerSettings) -> (NatsBroker, Receiver<BrokerEvent>) {
+    let options = NatsOptions {
+        storage: Storage::File,
+        replicas: 3,
+    };
+    let b = NatsBroker::with_options(url, settings, options).expect("valid url");
+    let mut rx = b.take_events().expect("events");
+    wait_for(&mut rx, |e| matches!(e, BrokerEvent::Connected)).await;
+    (b, rx)
+}
+
+#[tokio::test]
+async fn cluster_nodes_on_different_servers_form_one_chat_cluster() {
+    let c = NatsCluster::start().expect("nats cluster starts");
+    eprintln!("nats-server {} cluster: {}", c.version(), c.url());
+    let urls = c.urls();
+    let ns = ns("cluster");
+    let (a, mut rx_a) = attached(&urls[0], settings(&ns, 3, TTL)).await;
+    let (b, mut rx_b) = attached(&urls[1], settings(&ns, 3, TTL)).await;
+    assert_eq!(connections(&c), [1, 1, 0], "one connection per node");
+
+    // Delivery with pos, once, across servers.
+    let rooms: Vec<String> = (0..6).map(|i| format!("room {i}.*")).collect();
+    let topics: Vec<Topic> = rooms.iter().map(|r| Topic::Room(r.clone())).collect();
+    a.subscribe(&topics).await.expect("sub");
+    for room in &rooms {
+        let p = b.publish_message(msg(room, room), None).await.expect("pub");
+        let d = delivery(&mut rx_a).await;
+        assert_eq!(d.topic, Topic::Room(room.clone()));
+        assert_eq!(d.pos, p.pos);
+    }
+    no_delivery(&mut rx_a, Duration::from_millis(300)).await;
+    let many: Vec<Topic> = (0..300).map(|i| Topic::User(format!("u{i}"))).collect();
+    a.subscribe(&many).await.expect("sub many");
+    assert_eq!(connections(&c), [1, 1, 0], "no connection per topic");
+    a.unsubscribe(&many).await.expect("unsub many");
+    a.unsubscribe(&topics).await.expect("unsub");
+
+    // One order for two concurrent publishers on two servers.
+    check_order(&a, &mut rx_a, &b, &mut rx_b, "order", 50).await;
+
+    // Dedupe across nodes.
+    let key = DedupeKey {
+        user: "u".into(),
+        cid: "c".into(),
+    };
+    let first = a
+        .publish_message(msg("d", "1"), Some(key.clone()))
+        .await
+        .expect("pub");
+    let again = b
+        .publish_message(msg("d", "2"), Some(key))
+        .await
+        .expect("pub");
+    assert_eq!((again.id.as_str(), again.pos), ("1", first.pos));
+    assert!(again.duplicate);
+
+    // History with trimming.
+    let mut pos = Vec::new();
+    for i in 0..5 {
+        let p = a
+            .publish_message(msg("h", &i.to_string()), None)
+            .await
+            .expect("pub");
+        pos.push(p.pos.expect("pos"));
+    }
+    let h = b
+        .history("h", HistoryQuery::Latest { limit: 2 })
+        .await
+        .expect("h");
+    let ids: Vec<_> = h.messages.iter().map(|(_, m)| m.id.as_str()).collect();
+    assert_eq!(ids, ["3", "4"]);
+    let h = b
+        .history(
+            "h",
+            HistoryQuery::Before {
+                pos: pos[3],
+                limit: 5,
+            },
+        )
+        .await
+        .expect("h");
+    let ids: Vec<_> = h.messages.iter().map(|(_, m)| m.id.as_str()).collect();
+    assert_eq!(ids, ["2"]);
+    let h = b
+        .history("h", HistoryQuery::Since { pos: pos[1] })
+        .await
+        .expect("h");
+    assert!(h.complete);
+    assert_eq!(h.messages.len(), 3);
+    let h = b
+        .history("h", HistoryQuery::Since { pos: pos[0] })
+        .await
+        .expect("h");
+    assert!(!h.complete);
+
+    // Presence and directs across servers.
+    a.subscribe(&[
+        Topic::Room("p".into()),
+        Topic::User("bob".into()),
+        Topic::User("al".into()),
+    ])
+    .await
+    .expect("sub");
+    b.presence_join("p", "bob", "nb").await.expect("join");
+    assert_eq!(
+        delivery(&mut rx_a).await.envelope,
+        Envelope::Presence(PresenceChange {
+            room: "p".into(),
+            user: "bob".into(),
+            joined: true
+        })
+    );
+    assert_eq!(a.presence("p").await.expect("p"), ["bob"]);
+    b.publish_direct(
+        chatmesh_broker::DirectMessage {
+            id: "dm".into(),
+            from: "al".into(),
+            to: "bob".into(),
+            body: "1".into(),
+            ts: 0,
+            origin_session: None,
+        },
+        None,
+    )
+    .await
+    .expect("dm");
+    let mut got = vec![
+        delivery(&mut rx_a).await.topic,
+        delivery(&mut rx_a).await.topic,
+    ];
+    got.sort();
+    assert_eq!(got, [Topic::User("al".into()), Topic::User("bob".into())]);
+    b.heartbeat(&chatmesh_broker::NodeInfo {
+        id: "nb".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("hb");
+    let nodes: Vec<String> = a
+        .nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(nodes, ["nb"]);
+
+    // A node given every server's URL joins the same chat cluster.
+    let (c3, mut rx_c) = attached(&c.url(), settings(&ns, 3, TTL)).await;
+    c3.subscribe(&[Topic::Room("h".into())]).await.expect("sub");
+    let p = b.publish_message(msg("h", "5"), None).await.expect("pub");
+    assert_eq!(delivery(&mut rx_c).await.pos, p.pos);
+}
