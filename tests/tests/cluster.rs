@@ -1179,4 +1179,5 @@ cluster_suite!(memory, Backend::Memory);
 cluster_suite!(redis, Backend::Redis);
 cluster_suite!(redis_cluster, Backend::RedisCluster);
 cluster_suite!(external, Backend::External);
-// cluster_suite!(nats, Backend::Nats); — once the node has `broker.kind = "nats"`.
+cluster_suite!(nats, Backend::Nats);
+cluster_suite!(nats_cluster, Backend::NatsCluster);
