@@ -65,14 +65,18 @@ impl actix_web::ResponseError for ApiError {
     }
 }
 
-/// The bearer token of a request, if any.
+/// The bearer token of a request, if any. The scheme name is case-insensitive
+/// (RFC 9110 §11.1): `bearer <token>` works like `Bearer <token>`.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
+    let value = req
+        .headers()
         .get(actix_web::http::header::AUTHORIZATION)?
         .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("Bearer")
+        .then_some(token.trim())
 }
 
 async fn health() -> HttpResponse {
