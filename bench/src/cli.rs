@@ -1,0 +1,140 @@
+//! Command-line options.
+//!
+//! The scenario options mirror the Socket.IO peer's `loadgen/run-scenario.js`
+//! (clients, rooms, publishers, rates, step length, saturation search, p99 limit,
+//! text size), so the same scenario can be run against both.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Which broker to start when the tool starts the system under test itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpawnKind {
+    Memory,
+    Redis,
+    Nats,
+}
+
+impl SpawnKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpawnKind::Memory => "memory",
+            SpawnKind::Redis => "redis",
+            SpawnKind::Nats => "nats",
+        }
+    }
+}
+
+/// Fan-out load generator for chatmesh (protocol v1 over WebSocket).
+#[derive(Debug, Clone, Parser, serde::Serialize)]
+#[command(name = "chatmesh-bench", version, about)]
+pub struct Args {
+    /// Start the system under test: a broker of this kind (none for memory) and `--nodes` nodes.
+    #[arg(long, value_enum)]
+    pub spawn: Option<SpawnKind>,
+    /// Nodes to start with `--spawn` (memory: always 1).
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// The chatmesh binary for `--spawn` (default: `chatmesh` next to this binary).
+    #[arg(long)]
+    pub chatmesh_bin: Option<PathBuf>,
+    /// Extra `KEY=VALUE` environment for spawned nodes (repeatable), e.g. `CHATMESH_HTTP__WORKERS=1`.
+    #[arg(long = "node-env")]
+    pub node_env: Vec<String>,
+
+    /// Attach to running nodes: comma-separated `ws://host:port/ws` URLs.
+    #[arg(long, value_delimiter = ',')]
+    pub urls: Vec<String>,
+    /// With `--urls`: server pids to sample, `name=pid` or `pid`, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<String>,
+    /// With `--urls`: the broker's pid to sample.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// With `--urls`: a redis port on 127.0.0.1 whose `CLIENT LIST` is counted.
+    #[arg(long)]
+    pub redis_port: Option<u16>,
+
+    /// Clients (WebSocket connections); client i connects to URL i mod N.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Rooms (0: clients / 100).
+    #[arg(long, default_value_t = 0)]
+    pub rooms: usize,
+    /// Publishers (0: one per room).
+    #[arg(long, default_value_t = 0)]
+    pub publishers: usize,
+    /// Total publish rates (messages/s), one step each, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "50,200,1000")]
+    pub rate: Vec<f64>,
+    /// Seconds per step.
+    #[arg(long, default_value_t = 10.0)]
+    pub step_secs: f64,
+    /// Seconds of unrecorded warm-up traffic at the first rate.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup_secs: f64,
+    /// Longest wait (s) for in-flight deliveries after a step.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_timeout: f64,
+    /// After the listed rates, ×1.5 until a step fails, then bisect.
+    #[arg(long)]
+    pub saturate: bool,
+    /// Bisection steps between the last passing and the first failing rate.
+    #[arg(long, default_value_t = 2)]
+    pub bisect: u32,
+    /// Highest rate the saturation search tries.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    pub max_rate: f64,
+    /// A step fails when its p99 exceeds this (ms), or on any loss or disconnect.
+    #[arg(long, default_value_t = 100.0)]
+    pub p99_limit_ms: f64,
+    /// Padding of the message body's `p` field, bytes.
+    #[arg(long, default_value_t = 32)]
+    pub text_bytes: usize,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+
+    /// Idle mode: open this many connections (joined to rooms), report RSS per connection.
+    #[arg(long)]
+    pub idle: Option<usize>,
+    /// Seconds to let the servers settle before reading idle RSS.
+    #[arg(long, default_value_t = 3.0)]
+    pub settle_secs: f64,
+
+    /// Before a step, wait until other programs use less than this % of one core...
+    #[arg(long, default_value_t = 15.0)]
+    pub idle_max_percent: f64,
+    /// ...for at most this many seconds, then run anyway (the load is recorded).
+    #[arg(long, default_value_t = 60.0)]
+    pub idle_wait_max: f64,
+
+    /// Result JSON; the latency plot goes next to it with `.svg`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Label of the run in the report.
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+impl Args {
+    /// Rooms after defaults.
+    pub fn rooms(&self) -> usize {
+        if self.rooms > 0 {
+            self.rooms
+        } else {
+            (self.clients / 100).max(1)
+        }
+    }
+
+    /// Publishers after defaults.
+    pub fn publishers(&self) -> usize {
+        if self.publishers > 0 {
+            self.publishers
+        } else {
+            self.rooms()
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! `chatmesh-bench`: a fan-out load generator for chatmesh.
+//!
+//! It runs the Socket.IO peer's scenario (`shared/peers/socketio`) over chatmesh
+//! protocol v1: C clients over N nodes, R rooms spanning every node, P publishers
+//! at a fixed total rate, latency measured on every receiver against the one
+//! monotonic clock of this process; rate steps, a saturation search, or an
+//! idle-connections memory measurement. It can start the nodes and the broker
+//! itself (`--spawn`) or attach to running ones (`--urls`, `--server-pids`).
+//! Output: progress on stderr, a markdown report on stdout, a JSON result and an
+//! SVG latency plot (`--out`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use chatmesh_bench::cli::{self, Args};
+use chatmesh_bench::procstat::{self, Role, Watched};
+use chatmesh_bench::report::{self, BrokerConnections, Memory, NofileLimit, RunResult, Scenario};
+use chatmesh_bench::topology::Topology;
+use chatmesh_bench::{plot, run, spawn, ticker, versions};
+
+/// Wanted open-file limit: enough for 20k+ connections in the generator and a node.
+const NOFILE_WANTED: u64 = 262_144;
+
+fn unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// Raises RLIMIT_NOFILE (soft and, as root, hard); spawned nodes inherit it.
+fn raise_nofile(needed: u64) -> NofileLimit {
+    use rlimit::Resource;
+    let (soft, hard) = Resource::NOFILE.get().unwrap_or((0, 0));
+    let want = NOFILE_WANTED.max(needed);
+    let note = if Resource::NOFILE.set(want, want.max(hard)).is_ok() {
+        format!("raised from {soft}/{hard}")
+    } else if Resource::NOFILE.set(hard, hard).is_ok() {
+        format!("could not raise the hard limit {hard}; soft raised to it")
+    } else {
+        "could not change the limit".to_string()
+    };
+    let (s, h) = Resource::NOFILE.get().unwrap_or((soft, hard));
+    if s < needed {
+        eprintln!(
+            "WARNING: open-file limit {s} < {needed} needed for this run ({note}); \
+             connections will fail. Run as root or raise `ulimit -n`."
+        );
+    }
+    NofileLimit {
+        soft: s,
+        hard: h,
+        note,
+    }
+}
+
+fn parse_pids(list: &[String]) -> Result<Vec<Watched>> {
+    list.iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let (name, pid) = match item.split_once('=') {
+                Some((n, p)) => (n.to_string(), p),
+                None => (
+                    format!("node-{}", (b'a' + (i % 26) as u8) as char),
+                    item.as_str(),
+                ),
+            };
+            let pid: u32 = pid
+                .trim()
+                .parse()
+                .with_context(|| format!("--server-pids: bad pid in {item}"))?;
+            Ok(Watched {
+                name,
+                pid,
+                role: Role::Server,
+            })
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let started = unix_ms();
+    let clients = args.idle.unwrap_or(args.clients);
+    let nofile = raise_nofile(clients as u64 + 1024);
+
+    // --- the system under test ---
+    let chatmesh_bin = match &args.chatmesh_bin {
+        Some(p) => Some(p.clone()),
+        None => spawn::default_bin().ok().filter(|p| p.is_file()),
+    };
+    let mut watched = Vec::new();
+    let (system, urls, redis_port, namespace) = match args.spawn {
+        Some(kind) => {
+            let bin = chatmesh_bin
+                .clone()
+                .context("no chatmesh binary: pass --chatmesh-bin")?;
+            let sys = spawn::start(kind, args.nodes, &bin, &args.node_env).await?;
+            eprintln!(
+                "started {} node(s) {:?}, broker {:?}; logs in {}",
+                sys.nodes.len(),
+                sys.urls,
+                sys.broker_url,
+                sys.dir.display()
+            );
+            for n in &sys.nodes {
+                watched.push(Watched {
+                    name: n.name.clone(),
+                    pid: n.pid(),
+                    role: Role::Server,
+                });
+            }
+            if let Some(b) = &sys.broker {
+                watched.push(Watched {
+                    name: b.name.clone(),
+                    pid: b.pid(),
+                    role: Role::Broker,
+                });
+            }
+            let urls = sys.urls.clone();
+            let redis = (kind == cli::SpawnKind::Redis)
+                .then_some(sys.broker_port)
+                .flatten();
+            let ns = Some(sys.namespace.clone());
+            (Some(sys), urls, redis, ns)
+        }
+        None => {
+            if args.urls.is_empty() {
+                bail!("pass --spawn memory|redis|nats or --urls ws://…");
+            }
+            watched.extend(parse_pids(&args.server_pids)?);
+            if let Some(pid) = args.broker_pid {
+                watched.push(Watched {
+                    name: "broker".into(),
+                    pid,
+                    role: Role::Broker,
+                });
+            }
+            (None, args.urls.clone(), args.redis_port, None)
+        }
+    };
+    watched.push(Watched {
+        name: "generator".into(),
+        pid: std::process::id(),
+        role: Role::Generator,
+    });
+
+    let rooms = args.rooms();
+    let publishers = if args.idle.is_some() {
+        0
+    } else {
+        args.publishers()
+    };
+    let topo = Topology::build(&urls, clients, rooms, publishers);
+    let mut ctx = run::Ctx::new(args.clone(), watched.clone(), redis_port, topo.publishers);
+    tokio::spawn(ticker::run(
+        ctx.ticker.clone(),
+        ctx.stats.clone(),
+        watched.clone(),
+    ));
+
+    let mut result = RunResult {
+        label: args.label.clone().unwrap_or_else(|| {
+            format!(
+                "chatmesh-{}-c{}",
+                args.spawn.map(|k| k.as_str()).unwrap_or("attached"),
+                clients
+            )
+        }),
+        started_unix_ms: started,
+        finished_unix_ms: 0,
+        command,
+        config: args.clone(),
+        scenario: Scenario {
+            urls: urls.clone(),
+            clients,
+            rooms,
+            publishers: topo.publishers,
+            members_per_room: clients as f64 / rooms as f64,
+            namespace,
+        },
+        versions: versions::versions(chatmesh_bin.as_deref()),
+        machine: versions::machine(),
+        nofile_limit: nofile,
+        processes: watched.clone(),
+        connect: None,
+        memory: Memory::default(),
+        broker_connections: Vec::new(),
+        steps: Vec::new(),
+        saturation: None,
+        idle: None,
+        timeline: Vec::new(),
+    };
+    let note_broker = |ctx: &run::Ctx, when: &str, n: usize, r: &mut RunResult| {
+        if let Some(count) = ctx.broker_connections() {
+            r.broker_connections.push(BrokerConnections {
+                when: when.to_string(),
+                clients: n,
+                count,
+            });
+        }
+    };
+
+    if args.idle.is_some() {
+        let (idle, connect) = run::run_idle(&ctx, &topo, urls.len()).await;
+        for st in &idle.stages {
+            if let Some(count) = st.broker_connections {
+                result.broker_connections.push(BrokerConnections {
+                    when: format!("idle with {} clients", st.clients),
+                    clients: st.clients,
+                    count,
+                });
+            }
+        }
+        result.connect = Some(connect);
+        result.idle = Some(idle);
+    } else {
+        note_broker(&ctx, "before connect", 0, &mut result);
+        result.memory.before_connect_bytes = procstat::rss_all(&watched);
+        let connect = run::connect_all(&ctx, &topo.clients, &topo.members).await;
+        ctx.ticker.set_phase("settle", None, 0.0);
+        tokio::time::sleep(Duration::from_secs_f64(args.settle_secs)).await;
+        result.memory.idle_connected_bytes = procstat::rss_all(&watched);
+        result.memory.per_connection_bytes = run::per_connection(
+            &watched,
+            &result.memory.before_connect_bytes,
+            &result.memory.idle_connected_bytes,
+            clients as f64 / urls.len().max(1) as f64,
+        );
+        note_broker(&ctx, "connected", connect.connected, &mut result);
+        result.connect = Some(connect);
+        let (steps, sat) = run::run_rates(&mut ctx).await;
+        result.steps = steps;
+        result.saturation = sat;
+        result.memory.end_bytes = procstat::rss_all(&watched);
+        note_broker(&ctx, "end", clients, &mut result);
+    }
+
+    ctx.close_all();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    result.timeline = ctx
+        .ticker
+        .timeline
+        .lock()
+        .map(|t| t.clone())
+        .unwrap_or_default();
+    result.finished_unix_ms = unix_ms();
+    drop(system);
+
+    if let Some(out) = &args.out {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(out, serde_json::to_string_pretty(&result)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+        if !result.timeline.is_empty() && args.idle.is_none() {
+            let svg = out.with_extension("svg");
+            match plot::latency_svg(
+                &result.timeline,
+                &format!("{}: latency per second", result.label),
+                &svg,
+            ) {
+                Ok(()) => eprintln!("wrote {}", svg.display()),
+                Err(e) => eprintln!("plot failed: {e:#}"),
+            }
+        }
+    }
+    println!("{}", report::markdown(&result));
+    Ok(())
+}

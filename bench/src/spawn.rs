@@ -1,0 +1,257 @@
+//! Starting and stopping the system under test: a broker (`redis-server` or
+//! `nats-server`, none for `memory`) and N `chatmesh` nodes on free loopback
+//! ports, in a fresh namespace, with the per-connection publish limits raised so
+//! the generator's publishers are not refused. Everything is stopped by its pid
+//! when [`System`] is dropped. Logs go to a temporary directory that is printed.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cli::SpawnKind;
+
+/// How long a broker or node may take to get ready.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A process this tool started.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// The started broker and nodes.
+pub struct System {
+    pub broker: Option<Proc>,
+    pub broker_url: Option<String>,
+    pub broker_port: Option<u16>,
+    pub nodes: Vec<Proc>,
+    pub urls: Vec<String>,
+    pub namespace: String,
+    pub dir: PathBuf,
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for p in self.nodes.iter_mut().chain(self.broker.as_mut()) {
+            // SIGKILL by pid: only the processes started here.
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// A free loopback port (bound and released; a race with another process is
+/// caught when the server fails to start).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn wait_tcp(port: u16, child: &mut Child, what: &str) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited during start: {status}");
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {port} within {START_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET path` on 127.0.0.1:port; the status code.
+pub async fn http_status(port: u16, path: &str) -> Result<u16> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await??;
+    let head = String::from_utf8_lossy(&buf);
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    Ok(code)
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<(std::fs::File, std::fs::File)> {
+    let f = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let g = f.try_clone()?;
+    Ok((f, g))
+}
+
+fn start_broker(kind: SpawnKind, dir: &Path) -> Result<Option<(Proc, String, u16)>> {
+    let port = free_port()?;
+    let (out, err) = log_file(dir, kind.as_str())?;
+    let mut cmd = match kind {
+        SpawnKind::Memory => return Ok(None),
+        SpawnKind::Redis => {
+            let mut c = Command::new("redis-server");
+            c.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"]);
+            c
+        }
+        SpawnKind::Nats => {
+            let mut c = Command::new("nats-server");
+            c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(dir.join("js"));
+            c
+        }
+    };
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .current_dir(dir)
+        .spawn()
+        .with_context(|| format!("starting {}-server (is it installed?)", kind.as_str()))?;
+    let mut proc = Proc {
+        name: kind.as_str().to_string(),
+        child,
+    };
+    wait_tcp(port, &mut proc.child, kind.as_str())?;
+    let url = match kind {
+        SpawnKind::Nats => format!("nats://127.0.0.1:{port}"),
+        _ => format!("redis://127.0.0.1:{port}"),
+    };
+    Ok(Some((proc, url, port)))
+}
+
+/// The default node binary: `chatmesh` next to this executable.
+pub fn default_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no directory")?;
+    Ok(dir.join("chatmesh"))
+}
+
+/// Starts the broker and `nodes` nodes and waits until every node is ready.
+pub async fn start(
+    kind: SpawnKind,
+    nodes: usize,
+    bin: &Path,
+    extra_env: &[String],
+) -> Result<System> {
+    if !bin.is_file() {
+        bail!(
+            "chatmesh binary not found at {} (build it or pass --chatmesh-bin)",
+            bin.display()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("chatmesh-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let namespace = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let nodes = if kind == SpawnKind::Memory { 1 } else { nodes };
+    let mut system = System {
+        broker: None,
+        broker_url: None,
+        broker_port: None,
+        nodes: Vec::new(),
+        urls: Vec::new(),
+        namespace,
+        dir: dir.clone(),
+    };
+    if let Some((proc, url, port)) = start_broker(kind, &dir)? {
+        system.broker = Some(proc);
+        system.broker_url = Some(url);
+        system.broker_port = Some(port);
+    }
+    let mut ports = Vec::new();
+    for n in 0..nodes {
+        let name = format!("node-{}", (b'a' + (n % 26) as u8) as char);
+        let port = free_port()?;
+        let (out, err) = log_file(&dir, &name)?;
+        let mut cmd = Command::new(bin);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("CHATMESH_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("CHATMESH_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("CHATMESH_NODE__ID", &name)
+            .env("CHATMESH_CLUSTER__NAMESPACE", &system.namespace)
+            .env("CHATMESH_BROKER__KIND", kind.as_str())
+            .env("CHATMESH_LIMITS__PUBLISH_PER_SEC", "1000000")
+            .env("CHATMESH_LIMITS__PUBLISH_BURST", "1000000")
+            .env("CHATMESH_LOG__LEVEL", "warn")
+            .env("NO_COLOR", "1");
+        if let Some(url) = &system.broker_url {
+            cmd.env("CHATMESH_BROKER__URL", url);
+        }
+        for kv in extra_env {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--node-env {kv}: expected KEY=VALUE"))?;
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        system.nodes.push(Proc { name, child });
+        ports.push(port);
+        system.urls.push(format!("ws://127.0.0.1:{port}/ws"));
+    }
+    let deadline = Instant::now() + START_TIMEOUT;
+    for (i, port) in ports.iter().enumerate() {
+        loop {
+            if let Some(status) = system.nodes[i].child.try_wait()? {
+                bail!(
+                    "{} exited during start ({status}); log: {}",
+                    system.nodes[i].name,
+                    dir.join(format!("{}.log", system.nodes[i].name)).display()
+                );
+            }
+            if matches!(http_status(*port, "/ready").await, Ok(200)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready within {START_TIMEOUT:?}",
+                    system.nodes[i].name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(system)
+}
+
+/// Clients connected to a redis server (`CLIENT LIST`, minus the asking connection).
+pub fn redis_clients(port: u16) -> Option<usize> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "CLIENT", "LIST"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let n = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("id="))
+        .count();
+    Some(n.saturating_sub(1))
+}
