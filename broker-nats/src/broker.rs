@@ -183,10 +183,20 @@ impl Inner {
     }
 }
 
+/// How long interest in a new subject takes to reach every server of a NATS
+/// cluster (routes gossip it; on loopback it takes a few milliseconds).
+const SUBSCRIBE_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
 #[async_trait]
 impl Broker for NatsBroker {
     fn kind(&self) -> &'static str {
         "nats"
+    }
+
+    /// Routed servers learn of a new subscription asynchronously; the stream
+    /// leader may republish to a server that does not know it yet.
+    fn subscribe_settle(&self) -> std::time::Duration {
+        SUBSCRIBE_SETTLE
     }
 
     fn take_events(&self) -> Option<mpsc::Receiver<BrokerEvent>> {

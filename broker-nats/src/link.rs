@@ -424,7 +424,15 @@ impl Link {
         let created = self.run("stream info", rooms.info()).await?.created;
         let epoch = epoch_of(created.unix_timestamp_nanos());
         let buckets = match self.buckets(&js).await {
-            Ok(b) => Some(b),
+            Ok(b) => {
+                // A fresh JetStream cluster answers bucket creation before the
+                // bucket's stream has a leader; reads then get "no responders".
+                // The link is not up until the bucket answers.
+                self.run("probe presence bucket", b.presence.entry("probe"))
+                    .await?;
+                Some(b)
+            }
+            Err(e) if supports_kv(&client.server_info().version) => return Err(e),
             Err(e) => {
                 warn!(cause = %e, "key-value buckets unavailable (NATS ≥ 2.10 needed): presence, nodes and direct dedupe will fail");
                 None
@@ -591,4 +599,26 @@ async fn back_off(backoff: &mut Duration, shutdown: &mut watch::Receiver<bool>) 
     }
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
     !*shutdown.borrow()
+}
+
+/// Whether a server version (`2.10.4`) has the key-value support chatmesh needs.
+fn supports_kv(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 10)
+}
+
+#[cfg(test)]
+mod version_tests {
+    #[test]
+    fn kv_needs_2_10() {
+        assert!(
+            super::supports_kv("2.10.0")
+                && super::supports_kv("2.15.1")
+                && super::supports_kv("3.0.0")
+        );
+        assert!(
+            !super::supports_kv("2.9.10") && !super::supports_kv("") && !super::supports_kv("junk")
+        );
+    }
 }

@@ -155,6 +155,15 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the link is up now.
     fn is_connected(&self) -> bool;
 
+    /// How long after [`Broker::subscribe`] returns a subscription may still miss
+    /// messages published elsewhere (interest still propagating between the
+    /// servers of a broker cluster). Nodes read a new room's history once this
+    /// has passed, so nothing published after a join is lost. Zero when
+    /// `subscribe` returning means the interest is in place everywhere.
+    fn subscribe_settle(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Closes the link; later calls fail with [`BrokerError::Closed`].
     async fn close(&self);
 }

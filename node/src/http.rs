@@ -16,6 +16,9 @@ use crate::ids;
 use crate::outbox;
 use crate::protocol::{client, ErrorCode};
 
+/// The longest an upgrade waits for the user's subscription.
+const ATTACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Registers every route of this module.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(websocket))
@@ -184,6 +187,7 @@ async fn websocket(
         .max_continuation_size(max_frame);
     let (outbox, writer_done) = outbox::spawn(session, ctx.config.limits.outbound_bytes);
     let ctx = ctx.get_ref().clone();
+    let (attached_tx, attached) = tokio::sync::oneshot::channel();
     Connection::create(move |actx| {
         actx.add_stream(stream);
         let addr = actx.address();
@@ -191,7 +195,11 @@ async fn websocket(
             let _ = writer_done.await;
             addr.do_send(WriterDone);
         });
-        Connection::new(ctx, identity, device, outbox)
+        Connection::new(ctx, identity, device, outbox, attached_tx)
     });
+    // Answer the upgrade once the user's topic is held: from the moment a client
+    // is connected, directs to it are delivered. A failed attach closes the
+    // socket with 1013 right after the handshake.
+    let _ = tokio::time::timeout(ATTACH_TIMEOUT, attached).await;
     Ok(response)
 }

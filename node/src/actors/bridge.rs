@@ -276,7 +276,7 @@ impl Handler<AttachUser> for ClusterBridge {
             }
             None => {
                 let ready = self.subs.want(Topic::User(name.clone()));
-                let actor = User::new(msg.user.clone(), ready);
+                let actor = User::new(msg.user.clone(), ready, self.broker.subscribe_settle());
                 let addr = User::start_in_arbiter(&self.arbiter(), move |_| actor);
                 self.users.insert(
                     name.clone(),

@@ -50,10 +50,19 @@ pub struct Connection {
     last_seen: Instant,
     /// When the upgrade was accepted; orders device takeovers across nodes.
     connected_ms: u64,
+    /// Told whether attaching to the user's actor worked; the upgrade answers
+    /// only then, so a client that has its `hello` can be reached by directs.
+    attached: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
 impl Connection {
-    pub fn new(ctx: Ctx, identity: Identity, device: Option<String>, outbox: Outbox) -> Self {
+    pub fn new(
+        ctx: Ctx,
+        identity: Identity,
+        device: Option<String>,
+        outbox: Outbox,
+        attached: tokio::sync::oneshot::Sender<bool>,
+    ) -> Self {
         let limits = &ctx.config.limits;
         let limiter = TokenBucket::new(limits.publish_per_sec, limits.publish_burst);
         Self {
@@ -67,6 +76,7 @@ impl Connection {
             limiter,
             last_seen: Instant::now(),
             connected_ms: ids::now_ms(),
+            attached: Some(attached),
             ctx,
         }
     }
@@ -420,7 +430,11 @@ impl Actor for Connection {
                 .send(attach)
                 .into_actor(self)
                 .map(|res, act, ctx| {
-                    if !matches!(res, Ok(Ok(()))) {
+                    let ok = matches!(res, Ok(Ok(())));
+                    if let Some(attached) = act.attached.take() {
+                        let _ = attached.send(ok);
+                    }
+                    if !ok {
                         act.close(close::TRY_AGAIN_LATER, "broker unavailable", ctx);
                         return;
                     }

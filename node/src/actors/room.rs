@@ -68,8 +68,14 @@ pub struct Room {
     /// Position of the newest message fanned out, to drop repeats and to know
     /// where to resume after the broker link was down.
     last: Option<Pos>,
-    /// Set while catching up after a broker reconnect: live deliveries wait here.
+    /// Set while catching up from history (after a broker reconnect, or while a
+    /// new subscription settles): live deliveries wait here, in order.
     resync: Option<Vec<Delivery>>,
+    /// A history read for catching up is in flight.
+    catching_up: bool,
+    /// The broker's subscription settle time; non-zero means the room holds live
+    /// traffic until one catch-up after its first join.
+    settle: Duration,
 }
 
 /// True when `pos` comes after `last` in the room's history. A new epoch (the
@@ -86,6 +92,7 @@ impl Room {
         ready: Ready,
         settings: RoomSettings,
     ) -> Self {
+        let settle = broker.subscribe_settle();
         Self {
             name: name.into(),
             broker,
@@ -96,7 +103,9 @@ impl Room {
             users: HashMap::new(),
             attempts: 0,
             last: None,
-            resync: None,
+            settle,
+            resync: (!settle.is_zero()).then(Vec::new),
+            catching_up: false,
         }
     }
 
@@ -251,7 +260,7 @@ impl Handler<Join> for Room {
         };
         let conn = msg.conn;
         let reference = msg.reference;
-        Box::pin(work.into_actor(self).map(move |res, act, _ctx| {
+        Box::pin(work.into_actor(self).map(move |res, act, ctx| {
             let Some(member) = act.members.get_mut(&conn) else {
                 // Left (or closed) while joining: nothing to answer.
                 return Ok(());
@@ -266,6 +275,19 @@ impl Handler<Join> for Room {
                     act.remove(conn);
                     return Err(ErrorCode::from(&e));
                 }
+            };
+            if act.last.is_none() {
+                act.last = joining.latest;
+            }
+            if !act.settle.is_zero() {
+                // The first join of a room whose subscription is still settling:
+                // read what the broker may not have delivered yet, then go live.
+                let settle = std::mem::take(&mut act.settle);
+                ctx.run_later(settle, |act, ctx| act.catch_up(ctx));
+            }
+            let member = match act.members.get_mut(&conn) {
+                Some(m) => m,
+                None => return Ok(()),
             };
             let State::Pending { buffer, .. } = std::mem::replace(&mut member.state, State::Active)
             else {
@@ -381,20 +403,31 @@ impl Handler<Resync> for Room {
     type Result = ();
 
     fn handle(&mut self, _msg: Resync, ctx: &mut Self::Context) {
-        let Some(since) = self.last else {
-            return;
-        };
-        if self.resync.is_some() {
+        self.catch_up(ctx);
+    }
+}
+
+impl Room {
+    /// Reads what came after the last fanned-out message and fans it out before
+    /// any live delivery that arrived meanwhile. Without a last position nothing
+    /// was ever fanned out here and every join saw an empty room, so everything
+    /// in history is new to every member.
+    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+        if self.catching_up {
             return;
         }
-        self.resync = Some(Vec::new());
-        let (broker, room) = (self.broker.clone(), self.name.clone());
-        let read = async move {
-            broker
-                .history(&room, HistoryQuery::Since { pos: since })
-                .await
+        self.catching_up = true;
+        self.resync.get_or_insert_with(Vec::new);
+        let query = match self.last {
+            Some(pos) => HistoryQuery::Since { pos },
+            None => HistoryQuery::Latest {
+                limit: crate::protocol::client::HISTORY_MAX,
+            },
         };
+        let (broker, room) = (self.broker.clone(), self.name.clone());
+        let read = async move { broker.history(&room, query).await };
         ctx.spawn(read.into_actor(self).map(move |res, act, _ctx| {
+            act.catching_up = false;
             match res {
                 Ok(history) if history.complete => {
                     let topic = chatmesh_broker::Topic::Room(act.name.to_string());
@@ -406,8 +439,8 @@ impl Handler<Resync> for Room {
                         });
                     }
                 }
-                Ok(_) => tracing::warn!(room = %act.name, "history lost during the broker outage; members must reload"),
-                Err(e) => tracing::warn!(room = %act.name, cause = %e, "catch-up after reconnect failed"),
+                Ok(_) => tracing::warn!(room = %act.name, "history lost while catching up; members must reload"),
+                Err(e) => tracing::warn!(room = %act.name, cause = %e, "catching up from history failed"),
             }
             for delivery in act.resync.take().unwrap_or_default() {
                 act.fan_out(&delivery);

@@ -35,15 +35,18 @@ struct Conn {
 pub struct User {
     name: Arc<str>,
     ready: Ready,
+    /// The broker's subscription settle time, waited once by the first attach.
+    settle: Duration,
     conns: HashMap<ConnId, Conn>,
     next_seq: u64,
 }
 
 impl User {
-    pub fn new(name: Arc<str>, ready: Ready) -> Self {
+    pub fn new(name: Arc<str>, ready: Ready, settle: Duration) -> Self {
         Self {
             name,
             ready,
+            settle,
             conns: HashMap::new(),
             next_seq: 0,
         }
@@ -93,17 +96,24 @@ impl Handler<Attach> for User {
         );
         let mut ready = self.ready.clone();
         let conn = msg.conn;
+        let settle = std::mem::take(&mut self.settle);
         Box::pin(
-            async move { ready.wait(SUBSCRIBE_TIMEOUT).await }
-                .into_actor(self)
-                .map(move |held, act, _ctx| {
-                    if held {
-                        Ok(())
-                    } else {
-                        act.conns.remove(&conn);
-                        Err(ErrorCode::Unavailable)
-                    }
-                }),
+            async move {
+                let held = ready.wait(SUBSCRIBE_TIMEOUT).await;
+                if held && !settle.is_zero() {
+                    tokio::time::sleep(settle).await;
+                }
+                held
+            }
+            .into_actor(self)
+            .map(move |held, act, _ctx| {
+                if held {
+                    Ok(())
+                } else {
+                    act.conns.remove(&conn);
+                    Err(ErrorCode::Unavailable)
+                }
+            }),
         )
     }
 }
