@@ -573,6 +573,13 @@ async fn read_cluster(
     loop {
         tokio::select! {
             push = pushes.recv() => match push {
+                // A dropped node connection loses its sharded subscriptions and
+                // whatever was published meanwhile: report the link down, so
+                // the caller resubscribes everything and the node catches up.
+                Some(push) if push.kind == PushKind::Disconnection => {
+                    warn!("a redis cluster node connection dropped; resubscribing");
+                    return;
+                }
                 Some(push) => on_push(link, push).await,
                 None => return,
             },
@@ -595,7 +602,6 @@ async fn on_push(link: &Link, push: PushInfo) {
                 warn!(kind = ?push.kind, "unexpected push shape dropped");
             }
         }
-        PushKind::Disconnection => debug!("a cluster node connection dropped"),
         _ => {}
     }
 }

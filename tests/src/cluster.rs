@@ -25,6 +25,7 @@
 //! routed servers with node `i` attached to server `i mod 3`, through the
 //! helpers of [`crate::nats`].
 
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ use tokio::time::Instant;
 use crate::client::Client;
 use crate::nats::{NatsCluster, NatsServer};
 use crate::node::{unique, Node};
+use crate::proxy::TcpProxy;
 use crate::redis::{RedisCluster, RedisServer};
 
 /// The environment variable listing already-running nodes (external mode).
@@ -116,6 +118,8 @@ struct Member {
     id: String,
     /// The process, when the test started it.
     process: Option<Node>,
+    /// The proxy between the node and a NATS broker, to cut its link.
+    proxy: Option<TcpProxy>,
 }
 
 /// A broker and the nodes of one test. Dropping it kills what it started.
@@ -177,11 +181,12 @@ impl Cluster {
         let namespace = cluster.namespace.clone();
         let starts = (0..count).map(|i| cluster.start_node(&namespace, i));
         for node in futures_util::future::join_all(starts).await {
-            let node = node?;
+            let (node, proxy) = node?;
             cluster.members.push(Member {
                 url: node.url(),
                 id: node.id().to_owned(),
                 process: Some(node),
+                proxy,
             });
         }
         Ok(cluster)
@@ -215,6 +220,7 @@ impl Cluster {
                 url,
                 id,
                 process: None,
+                proxy: None,
             });
         }
         if members.is_empty() {
@@ -235,14 +241,28 @@ impl Cluster {
 
     /// Starts (does not add) node number `i` on this cluster's broker in
     /// `namespace`; on a NATS cluster it attaches to server `i mod 3`.
-    async fn start_node(&self, namespace: &str, i: usize) -> Result<Node> {
-        let url = match &self.broker {
+    async fn start_node(&self, namespace: &str, i: usize) -> Result<(Node, Option<TcpProxy>)> {
+        let mut url = match &self.broker {
             BrokerProcess::NatsCluster(c) => {
                 let urls = c.urls();
                 urls.get(i % urls.len().max(1)).cloned()
             }
             _ => self.broker_url(),
         };
+        // NATS nodes reach their server through a proxy, so that a test can cut
+        // one node's link (NATS has no per-client kill like Redis's CLIENT KILL).
+        let mut proxy = None;
+        if let (BrokerProcess::Nats(_) | BrokerProcess::NatsCluster(_), Some(u)) =
+            (&self.broker, &url)
+        {
+            let target: SocketAddr = u
+                .trim_start_matches("nats://")
+                .parse()
+                .with_context(|| format!("NATS url {u}"))?;
+            let p = TcpProxy::start(target).await?;
+            url = Some(format!("nats://127.0.0.1:{}", p.port()));
+            proxy = Some(p);
+        }
         let kind = self
             .backend
             .kind()
@@ -257,20 +277,22 @@ impl Cluster {
         for (key, value) in &self.env {
             builder = builder.env(key, value);
         }
-        builder
+        let node = builder
             .start()
             .await
-            .with_context(|| format!("starting a {} node", self.backend.name()))
+            .with_context(|| format!("starting a {} node", self.backend.name()))?;
+        Ok((node, proxy))
     }
 
     /// Starts one more node on the same broker in another `namespace` and returns
     /// its index. Not in external mode.
     pub async fn add_node_in_namespace(&mut self, namespace: &str) -> Result<usize> {
-        let node = self.start_node(namespace, self.members.len()).await?;
+        let (node, proxy) = self.start_node(namespace, self.members.len()).await?;
         self.members.push(Member {
             url: node.url(),
             id: node.id().to_owned(),
             process: Some(node),
+            proxy,
         });
         Ok(self.members.len() - 1)
     }
@@ -526,31 +548,39 @@ impl Cluster {
     /// Returns how many connections were cut; `Ok(None)` when the backend gives
     /// the suite no way to do that (only Redis has `CLIENT KILL ID`).
     pub fn cut_node_link(&self, i: usize) -> Result<Option<usize>> {
-        let BrokerProcess::Redis(redis) = &self.broker else {
-            return Ok(None);
+        let member = &self.members[self.index(i)];
+        let ports = match &self.broker {
+            BrokerProcess::Redis(r) => vec![r.port()],
+            BrokerProcess::RedisCluster(c) => c.ports(),
+            BrokerProcess::Nats(_) | BrokerProcess::NatsCluster(_) => {
+                return Ok(member.proxy.as_ref().map(TcpProxy::cut));
+            }
+            BrokerProcess::None => return Ok(None),
         };
-        let pid = self.members[self.index(i)]
+        let pid = member
             .process
             .as_ref()
             .ok_or_else(|| anyhow!("node {i} is not a process of this test"))?
             .pid();
-        let ports = local_tcp_ports(pid)?;
-        let list = redis.cli(&["CLIENT", "LIST"])?;
+        let local = local_tcp_ports(pid)?;
         let mut cut = 0;
-        for line in list.lines() {
-            let field = |name: &str| {
-                line.split(' ')
-                    .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-            };
-            let port = field("addr")
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse::<u16>().ok());
-            let subscribed =
-                field("sub").is_some_and(|n| n != "0") || field("ssub").is_some_and(|n| n != "0");
-            if let (Some(port), Some(id)) = (port, field("id")) {
-                if subscribed && ports.contains(&port) {
-                    redis.cli(&["CLIENT", "KILL", "ID", id])?;
-                    cut += 1;
+        for port in ports {
+            let list = redis_cli(port, &["CLIENT", "LIST"])?;
+            for line in list.lines() {
+                let field = |name: &str| {
+                    line.split(' ')
+                        .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                };
+                let from = field("addr")
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse::<u16>().ok());
+                let subscribed = field("sub").is_some_and(|n| n != "0")
+                    || field("ssub").is_some_and(|n| n != "0");
+                if let (Some(from), Some(id)) = (from, field("id")) {
+                    if subscribed && local.contains(&from) {
+                        redis_cli(port, &["CLIENT", "KILL", "ID", id])?;
+                        cut += 1;
+                    }
                 }
             }
         }

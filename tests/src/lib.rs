@@ -11,10 +11,12 @@
 //! - [`nats`]: start `nats-server` with JetStream (one server or a 3-server cluster).
 //! - [`redis`]: start `redis-server` (one server or a 3-master cluster).
 //! - [`ports`]: free loopback ports.
+//! - [`proxy`]: a TCP proxy that can cut one node's broker link.
 
 pub mod client;
 pub mod cluster;
 pub mod nats;
 pub mod node;
 pub mod ports;
+pub mod proxy;
 pub mod redis;

@@ -167,6 +167,11 @@ impl StreamHandler<BrokerEvent> for ClusterBridge {
             }
             BrokerEvent::Disconnected => {
                 self.was_disconnected = true;
+                // Some clients resubscribe on their own before the link reports
+                // up again; rooms hold what arrives until they have caught up.
+                for entry in self.rooms.values() {
+                    entry.addr.do_send(room::Hold);
+                }
                 tracing::warn!(broker = self.broker.kind(), "broker disconnected")
             }
         }

@@ -399,6 +399,20 @@ impl Room {
 #[rtype(result = "()")]
 pub struct Resync;
 
+/// The broker link went down: hold live deliveries until the catch-up that
+/// follows the reconnect, so a message missed in the gap cannot be overtaken.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Hold;
+
+impl Handler<Hold> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Hold, _ctx: &mut Self::Context) {
+        self.resync.get_or_insert_with(Vec::new);
+    }
+}
+
 impl Handler<Resync> for Room {
     type Result = ();
 
