@@ -60,7 +60,7 @@ pub struct Args {
     /// Clients (WebSocket connections); client i connects to URL i mod N.
     #[arg(long, default_value_t = 1000)]
     pub clients: usize,
-    /// Rooms (0: clients / 100).
+    /// Rooms (0: clients / 100, or `--idle` / 100).
     #[arg(long, default_value_t = 0)]
     pub rooms: usize,
     /// Publishers (0: one per room).
@@ -120,12 +120,17 @@ pub struct Args {
 }
 
 impl Args {
-    /// Rooms after defaults.
+    /// Connections of the run: `--idle` or `--clients`.
+    pub fn connections(&self) -> usize {
+        self.idle.unwrap_or(self.clients)
+    }
+
+    /// Rooms after defaults (connections / 100).
     pub fn rooms(&self) -> usize {
         if self.rooms > 0 {
             self.rooms
         } else {
-            (self.clients / 100).max(1)
+            (self.connections() / 100).max(1)
         }
     }
 

@@ -85,7 +85,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let started = unix_ms();
-    let clients = args.idle.unwrap_or(args.clients);
+    let clients = args.connections();
     let nofile = raise_nofile(clients as u64 + 1024);
 
     // --- the system under test ---

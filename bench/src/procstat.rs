@@ -144,7 +144,7 @@ impl CpuUse {
             .iter()
             .filter(|w| w.role == role)
             .filter_map(|w| self.seconds.get(&w.name))
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
 
     /// Percent of one core summed over the processes of one role.
