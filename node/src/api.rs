@@ -4,7 +4,9 @@
 //! Every call needs `Authorization: Bearer <api key>`. In `jwt` mode the two
 //! publish calls also take a user's token: the message is then sent as that user
 //! and the token's room patterns apply. Bodies are read up to
-//! `limits.max_frame` bytes (413 beyond), and every error is JSON.
+//! `limits.max_frame` bytes (413 beyond), each sender (`from`) gets the
+//! per-connection publish rate (`limits.publish_per_sec`/`publish_burst`, 429
+//! beyond), and every error is JSON.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chatmesh_broker::{BrokerError, DedupeKey, HistoryQuery, Pos, Published};
@@ -58,6 +60,19 @@ fn caller(req: &HttpRequest, ctx: &Ctx, user_tokens: bool) -> Result<Caller, Api
             .map_err(|e| ApiError::new(ErrorCode::Unauthorized, &e.to_string()));
     }
     Err(ApiError::new(ErrorCode::Unauthorized, "unknown API key"))
+}
+
+/// The HTTP API limits each sender like a WebSocket connection is limited.
+fn rate_limit(ctx: &Ctx, from: &str) -> Result<(), ApiError> {
+    if ctx.http_limits.try_take(from, std::time::Instant::now()) {
+        Ok(())
+    } else {
+        metrics::error(ErrorCode::RateLimited);
+        Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many messages from this sender; slow down (limits.publish_per_sec)",
+        ))
+    }
 }
 
 fn broker_failure(e: &BrokerError) -> ApiError {
@@ -149,6 +164,7 @@ async fn publish_room(
     cid: Option<String>,
 ) -> Result<Published, ApiError> {
     let dedupe = dedupe(&from, cid)?;
+    rate_limit(ctx, &from)?;
     metrics::message_in();
     let msg = compose::room_message(room, from, kind, body);
     let started = std::time::Instant::now();
@@ -198,6 +214,7 @@ async fn post_user(
     let post: UserPost = json_body(payload, &ctx).await?;
     let from = sender(&caller, post.from)?;
     let dedupe = dedupe(&from, post.cid)?;
+    rate_limit(&ctx, &from)?;
     metrics::message_in();
     let msg = compose::direct(from, to, post.body.to_string(), None);
     let published = ctx

@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
+use crate::limiter::KeyedBuckets;
 
 use crate::actors::bridge::ClusterBridge;
 use crate::config::Config;
@@ -30,6 +31,8 @@ pub struct NodeContext {
     pub auth: Authenticator,
     /// Renders `/metrics`; `None` when another recorder is installed (tests).
     pub metrics: Option<PrometheusHandle>,
+    /// Publish limits of the HTTP API, per sender.
+    pub http_limits: KeyedBuckets,
 }
 
 impl NodeContext {

@@ -1,5 +1,8 @@
-//! A token bucket for per-connection publish limits.
+//! Token buckets: one per WebSocket connection, and one per sender for the
+//! HTTP API (where there is no connection to hang a bucket on).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Refills `rate` tokens per second up to `burst`.
@@ -35,6 +38,48 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// True when the bucket would be full at `now`: forgetting it changes nothing.
+    fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
+}
+
+/// Beyond this many senders, full buckets are forgotten before adding one.
+const MAX_KEYS: usize = 10_000;
+
+/// Token buckets by key (the HTTP API limits each sender).
+pub struct KeyedBuckets {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+}
+
+impl KeyedBuckets {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token from `key`'s bucket if it has one.
+    pub fn try_take(&self, key: &str, now: Instant) -> bool {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return true;
+        };
+        if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
+            buckets.retain(|_, b| !b.is_full(now));
+        }
+        buckets
+            .entry(key.to_owned())
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
+            .try_take(1.0, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +95,14 @@ mod tests {
         // Idle time never banks more than the burst.
         let later = t0 + Duration::from_secs(100);
         assert_eq!((0..8).filter(|_| b.try_take(1.0, later)).count(), 5);
+    }
+
+    #[test]
+    fn keyed_buckets_are_independent() {
+        let t0 = Instant::now();
+        let k = KeyedBuckets::new(1.0, 2.0);
+        assert!(k.try_take("a", t0) && k.try_take("a", t0));
+        assert!(!k.try_take("a", t0));
+        assert!(k.try_take("b", t0));
     }
 }

@@ -19,6 +19,7 @@ use crate::actors::room::RoomSettings;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::context::NodeContext;
+use crate::limiter::KeyedBuckets;
 use crate::{api, brokers, http, ids};
 
 /// Installs the process-wide Prometheus recorder. Only the binary calls this:
@@ -77,6 +78,7 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         drain,
         auth,
         metrics,
+        http_limits: KeyedBuckets::new(config.limits.publish_per_sec, config.limits.publish_burst),
         config: config.clone(),
     });
     let shared = ctx.clone();

@@ -1568,3 +1568,40 @@ async fn json_log_format_writes_one_json_object_per_line() {
     );
     assert!(lines >= 2, "a start and a stop line at least:\n{log}");
 }
+
+#[tokio::test]
+async fn api_publishes_are_rate_limited_per_sender_with_429() {
+    let node = start_node_with(&[
+        ("CHATMESH_API__KEYS", KEYS),
+        ("CHATMESH_LIMITS__PUBLISH_PER_SEC", "1"),
+        ("CHATMESH_LIMITS__PUBLISH_BURST", "3"),
+    ])
+    .await;
+    let room = room();
+    let path = format!("/api/v1/rooms/{room}/messages");
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let answer = post(&node, &path, "k1", &json!({"body": n, "from": "bot"})).await;
+        if answer.status == 429 {
+            answer.assert_error(429, "rate_limited", &path);
+        }
+        statuses.push(answer.status);
+    }
+    let accepted = statuses.iter().filter(|s| **s == 201).count();
+    assert!(
+        (3..=4).contains(&accepted) && statuses.iter().all(|s| *s == 201 || *s == 429),
+        "burst 3 at 1/s: {statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    // Another sender has its own bucket, on the direct and webhook calls too.
+    let other = post(&node, &path, "k1", &json!({"body": 1, "from": "other"})).await;
+    assert_eq!(other.status, 201, "{other:?}");
+    let hook = json!({"roomId": room, "message": "m", "sender": "bot"});
+    post(&node, "/webhook", "k1", &hook)
+        .await
+        .assert_error(429, "rate_limited", "/webhook");
+    let direct = json!({"body": 1, "from": "bot"});
+    post(&node, "/api/v1/users/alice/messages", "k1", &direct)
+        .await
+        .assert_error(429, "rate_limited", "direct");
+}
