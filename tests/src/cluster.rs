@@ -495,6 +495,16 @@ impl Cluster {
     /// Kills (SIGKILL) the Redis Cluster master that serves `key`'s hash slot and
     /// returns its port. The cluster's other masters keep running; the killed one
     /// is not restarted. Only for [`Backend::RedisCluster`].
+    /// Kills NATS cluster server `i` (SIGKILL). Node `j` is attached to server
+    /// `j mod 3`, so with two nodes server 2 serves no node directly.
+    pub fn kill_nats_server(&mut self, i: usize) -> Result<()> {
+        let BrokerProcess::NatsCluster(nats) = &mut self.broker else {
+            bail!("{} is not a NATS cluster backend", self.backend.name());
+        };
+        nats.kill(i);
+        Ok(())
+    }
+
     pub fn kill_cluster_master_owning(&mut self, key: &str) -> Result<u16> {
         let BrokerProcess::RedisCluster(redis) = &self.broker else {
             bail!("{} is not a Redis Cluster backend", self.backend.name());

@@ -438,6 +438,13 @@ impl NatsCluster {
         self.procs.iter().map(Process::url).collect()
     }
 
+    /// Kills server `i` (SIGKILL); the other two keep the JetStream quorum.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(proc) = self.procs.get_mut(i) {
+            proc.kill();
+        }
+    }
+
     /// All servers, comma-joined (what `broker.url` takes).
     pub fn url(&self) -> String {
         self.urls().join(",")

@@ -839,6 +839,7 @@ async fn broker_down_and_back(backend: Backend) {
     match backend {
         Backend::Memory => return skip(backend, TEST, "the memory broker cannot go down"),
         Backend::RedisCluster => return cluster_master_down(backend).await,
+        Backend::NatsCluster => return nats_server_down(backend).await,
         _ => {}
     }
     let mut cluster = start(backend, 2).await;
@@ -986,6 +987,80 @@ async fn cluster_master_down(backend: Backend) {
     ping(&mut b).await;
     let mut all = [a, b];
     silence_all(&mut all).await;
+}
+
+/// One server of a 3-server NATS cluster dies (not one the nodes are attached
+/// to): JetStream keeps its quorum, so the chat cluster goes on. A publish caught
+/// in the leader election may answer `unavailable`; the client retries it with
+/// the same `cid`, and every member still gets each message exactly once.
+async fn nats_server_down(backend: Backend) {
+    let mut cluster = start(backend, 2).await;
+    let room = cluster.room();
+    let a = client(&cluster, 0, &cluster.user("alice")).await;
+    let b = client(&cluster, 1, &cluster.user("bob")).await;
+    let mut members = [a, b];
+    for m in members.iter_mut() {
+        join(m, &room).await;
+    }
+    publish_one(&mut members[0], &room, json!("before")).await;
+    drain(&mut members[1], 1, 0).await;
+
+    cluster
+        .kill_nats_server(2)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let killed = Instant::now();
+    // Messages each member read while its own publish waited for an answer.
+    let mut seen: [Vec<Value>; 2] = [Vec::new(), Vec::new()];
+    let mut ids = Vec::new();
+    for (n, sender) in [0, 1, 0, 1].into_iter().enumerate() {
+        let cid = format!("after-{n}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ack = loop {
+            let publisher = &mut members[sender];
+            send(
+                publisher,
+                json!({"type": "publish", "room": room, "body": n, "cid": cid}),
+            )
+            .await;
+            let answer = loop {
+                let frame = publisher
+                    .recv_timeout(Duration::from_secs(10))
+                    .await
+                    .unwrap_or_else(|e| panic!("publish {n} after the kill: {e:#}"));
+                if frame["type"] == "message" {
+                    seen[sender].push(frame["id"].clone());
+                } else {
+                    break frame;
+                }
+            };
+            if answer["type"] == "ack" {
+                break answer;
+            }
+            assert_error(&answer, "unavailable");
+            assert!(
+                Instant::now() < deadline,
+                "publish {n} refused for 20 s after one server died"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        ids.push(ack["id"].clone());
+    }
+    eprintln!(
+        "{}: one of three servers killed; 4 publishes acked within {:?}",
+        backend.name(),
+        killed.elapsed()
+    );
+    // Every member gets each acked message exactly once.
+    for (k, member) in members.iter_mut().enumerate() {
+        let missing = ids.len().saturating_sub(seen[k].len());
+        let (got, _) = drain(member, missing, 0).await;
+        seen[k].extend(got.iter().map(|m| m["id"].clone()));
+        for id in &ids {
+            let times = seen[k].iter().filter(|s| *s == id).count();
+            assert_eq!(times, 1, "member {k} got {id} {times} times: {:?}", seen[k]);
+        }
+    }
+    silence_all(&mut members).await;
 }
 
 // ---------------------------------------------------------------- 11. connections
