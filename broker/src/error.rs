@@ -24,9 +24,4 @@ impl BrokerError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, BrokerError::Unavailable(_))
     }
-
-    /// True when the caller's input caused it.
-    pub fn is_invalid(&self) -> bool {
-        matches!(self, BrokerError::Invalid(_))
-    }
 }

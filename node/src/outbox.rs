@@ -99,11 +99,6 @@ impl Outbox {
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }
-
-    /// Bytes queued and not yet handed to the socket.
-    pub fn queued_bytes(&self) -> usize {
-        self.shared.queued.load(Ordering::Acquire)
-    }
 }
 
 /// Creates the outbox of a new connection and spawns its writer on the current

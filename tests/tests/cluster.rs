@@ -1230,9 +1230,10 @@ async fn a_node_whose_link_drops_misses_nothing(backend: Backend) {
 
 /// Instantiates every test of the suite for one backend in module `$module`.
 macro_rules! cluster_suite {
-    (@tests $backend:expr; $($test:ident),* $(,)?) => {
+    (@tests $backend:expr; $attr:tt; $($test:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #$attr
             async fn $test() {
                 if let Some(why) = $backend.not_here() {
                     eprintln!("SKIPPED {}::{}: {why}", $backend.name(), stringify!($test));
@@ -1242,10 +1243,11 @@ macro_rules! cluster_suite {
             }
         )*
     };
-    ($module:ident, $backend:expr) => {
+    // `$attr` is one attribute for every test, e.g. `[ignore = "…"]`.
+    ($module:ident, $backend:expr, $attr:tt) => {
         mod $module {
             use super::Backend;
-            cluster_suite!(@tests $backend;
+            cluster_suite!(@tests $backend; $attr;
                 cross_node_delivery_exactly_once,
                 per_room_order_with_concurrent_publishers,
                 dedupe_across_nodes,
@@ -1263,11 +1265,20 @@ macro_rules! cluster_suite {
             );
         }
     };
+    ($module:ident, $backend:expr) => {
+        cluster_suite!($module, $backend, [doc = "One test of the cluster suite."]);
+    };
 }
 
 cluster_suite!(memory, Backend::Memory);
 cluster_suite!(redis, Backend::Redis);
 cluster_suite!(redis_cluster, Backend::RedisCluster);
-cluster_suite!(external, Backend::External);
+// Against already-running nodes (a compose file): `scripts/compose-test.sh`.
+// Ignored by default instead of passing without testing anything.
+cluster_suite!(
+    external,
+    Backend::External,
+    [ignore = "needs running nodes: CHATMESH_TEST_NODES=http://…,http://… cargo test --test cluster -- --ignored external::"]
+);
 cluster_suite!(nats, Backend::Nats);
 cluster_suite!(nats_cluster, Backend::NatsCluster);

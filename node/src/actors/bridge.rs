@@ -333,16 +333,3 @@ impl Handler<DetachUser> for ClusterBridge {
         self.release_user(&msg.user, msg.conn);
     }
 }
-
-/// How many rooms and users have local members, for `/api/v1/nodes` and metrics.
-#[derive(Message)]
-#[rtype(result = "NodeInfo")]
-pub struct Stats;
-
-impl Handler<Stats> for ClusterBridge {
-    type Result = MessageResult<Stats>;
-
-    fn handle(&mut self, _msg: Stats, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.node_info())
-    }
-}
