@@ -43,7 +43,7 @@ enum Caller {
 type Answer = Result<HttpResponse, ApiError>;
 
 fn caller(req: &HttpRequest, ctx: &Ctx, user_tokens: bool) -> Result<Caller, ApiError> {
-    let Some(presented) = bearer(req) else {
+    let Some(presented) = bearer(req.headers()) else {
         return Err(ApiError::new(
             ErrorCode::Unauthorized,
             "Authorization: Bearer <api key> is required",

@@ -1,38 +1,35 @@
-//! The HTTP side of a node: the WebSocket upgrade at `/ws`, the demo page, and
-//! the operational endpoints `/health`, `/ready` and `/metrics`.
+//! The HTTP side of a node: the demo page and the operational endpoints
+//! `/health`, `/ready` and `/metrics`. The WebSocket upgrade itself is served
+//! by [`crate::ws::upgrade`], outside the app.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-
-use actix::prelude::*;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::header::HeaderMap;
+use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use crate::actors::connection::{Connection, WriterDone};
-use crate::auth::{AuthError, Identity};
-use crate::config::AuthMode;
 use crate::context::Ctx;
-use crate::ids;
-use crate::outbox;
-use crate::protocol::{client, ErrorCode};
-
-/// The longest an upgrade waits for the user's subscription.
-const ATTACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::protocol::ErrorCode;
 
 /// Registers every route of this module.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ws", web::get().to(websocket))
+    cfg.route(crate::ws::upgrade::PATH, web::get().to(not_an_upgrade))
         .route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics))
         .route("/", web::get().to(demo));
 }
 
+/// The JSON body of an error answer of PROTOCOL.md §3.
+pub fn error_body(code: ErrorCode, message: &str) -> String {
+    json!({"error": {"code": code.as_str(), "message": message}}).to_string()
+}
+
 /// A JSON error answer of PROTOCOL.md §3.
 pub fn error(code: ErrorCode, message: &str) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(code.http_status())
         .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status).json(json!({"error": {"code": code.as_str(), "message": message}}))
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(error_body(code, message))
 }
 
 /// An HTTP API failure, answered as JSON with the status of its code.
@@ -70,9 +67,8 @@ impl actix_web::ResponseError for ApiError {
 
 /// The bearer token of a request, if any. The scheme name is case-insensitive
 /// (RFC 9110 §11.1): `bearer <token>` works like `Bearer <token>`.
-pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    let value = req
-        .headers()
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
         .get(actix_web::http::header::AUTHORIZATION)?
         .to_str()
         .ok()?;
@@ -114,92 +110,11 @@ async fn demo() -> HttpResponse {
         .body(include_str!("demo/index.html"))
 }
 
-fn identify(
-    req: &HttpRequest,
-    query: &HashMap<String, String>,
-    ctx: &Ctx,
-) -> Result<Identity, ApiError> {
-    match ctx.auth.mode() {
-        AuthMode::None => match query.get("user") {
-            None => Ok(Identity::unrestricted(ids::guest_id())),
-            Some(u) => client::name("user", u.clone())
-                .map(Identity::unrestricted)
-                .map_err(|e| ApiError::new(ErrorCode::BadRequest, &e)),
-        },
-        AuthMode::Jwt => {
-            let token = query
-                .get("token")
-                .map(String::as_str)
-                .or_else(|| bearer(req));
-            let token = token.ok_or(AuthError::Missing);
-            token
-                .and_then(|t| ctx.auth.verify(t))
-                .map_err(|e| ApiError::new(ErrorCode::Unauthorized, &e.to_string()))
-        }
-    }
-}
-
-async fn websocket(
-    req: HttpRequest,
-    body: web::Payload,
-    ctx: web::Data<Ctx>,
-) -> actix_web::Result<HttpResponse> {
-    if !ctx.is_ready() {
-        return Ok(error(
-            ErrorCode::Unavailable,
-            "node not ready: broker not connected or draining",
-        ));
-    }
-    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map(|q| q.into_inner())
-        .unwrap_or_default();
-    let identity = match identify(&req, &query, &ctx) {
-        Ok(id) => id,
-        Err(e) => return Ok(error(e.code, &e.message)),
-    };
-    let device = match query.get("device") {
-        None => None,
-        Some(d) => match client::name("device", d.clone()) {
-            Ok(d) => Some(d),
-            Err(e) => return Ok(error(ErrorCode::BadRequest, &e)),
-        },
-    };
-    // Reserve the slot before upgrading, so a burst cannot overshoot the limit.
-    let max = ctx.config.limits.max_connections as u64;
-    if ctx.connections.fetch_add(1, Ordering::AcqRel) >= max {
-        ctx.connections.fetch_sub(1, Ordering::AcqRel);
-        return Ok(error(
-            ErrorCode::Unavailable,
-            &format!("this node is full ({max} connections, limits.max_connections)"),
-        ));
-    }
-    let (response, session, stream) = match actix_ws::handle(&req, body) {
-        Ok(parts) => parts,
-        Err(e) => {
-            ctx.connections.fetch_sub(1, Ordering::AcqRel);
-            return Err(e);
-        }
-    };
-    let max_frame = ctx.config.limits.max_frame;
-    let stream = stream
-        .max_frame_size(max_frame)
-        .aggregate_continuations()
-        .max_continuation_size(max_frame);
-    let (outbox, writer_done) = outbox::spawn(session, ctx.config.limits.outbound_bytes);
-    let ctx = ctx.get_ref().clone();
-    let (attached_tx, attached) = tokio::sync::oneshot::channel();
-    Connection::create(move |actx| {
-        actx.add_stream(stream);
-        let addr = actx.address();
-        actix_rt::spawn(async move {
-            let _ = writer_done.await;
-            addr.do_send(WriterDone);
-        });
-        Connection::new(ctx, identity, device, outbox, attached_tx)
-    });
-    // Answer the upgrade once the user's topic is held: from the moment a client
-    // is connected, directs to it are delivered. A failed attach closes the
-    // socket with 1013 right after the handshake.
-    let _ = tokio::time::timeout(ATTACH_TIMEOUT, attached).await;
-    Ok(response)
+/// `GET /ws` without `Upgrade: websocket`; real upgrades never reach the app
+/// (see [`crate::ws::upgrade`]).
+async fn not_an_upgrade() -> HttpResponse {
+    error(
+        ErrorCode::BadRequest,
+        "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)",
+    )
 }

@@ -8,12 +8,13 @@
 //! # Layout
 //! - [`config`]: configuration keys, loading and checking.
 //! - [`server`]: wiring a node together and running it.
-//! - [`http`]: the WebSocket upgrade and operational endpoints.
+//! - [`ws`]: the WebSocket upgrade, reader and framing.
+//! - [`http`]: the operational endpoints and the demo page.
 //! - [`api`]: the HTTP API and the webhook.
 //! - [`auth`]: JWTs and API keys.
 //! - [`actors`]: connection, room, user and bridge actors.
 //! - [`protocol`]: client and server frames, error and close codes.
-//! - [`outbox`]: the bounded per-connection send queue and its writer.
+//! - [`outbox`]: the bounded per-connection send queue and its socket writer.
 //! - [`brokers`]: building the configured broker.
 //! - [`limiter`]: the per-connection token bucket.
 //! - [`metrics`]: metric names.
@@ -34,3 +35,4 @@ pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod server;
+pub mod ws;

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::{web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::{fn_service, map_config};
+use actix_web::dev::AppConfig;
+use actix_web::{web, App};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 
@@ -20,7 +23,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::context::NodeContext;
 use crate::limiter::KeyedBuckets;
-use crate::{api, brokers, http, ids};
+use crate::{api, brokers, http, ids, ws};
 
 /// Installs the process-wide Prometheus recorder. Only the binary calls this:
 /// a process has one recorder.
@@ -86,19 +89,27 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(shared.clone()))
-            .configure(http::routes)
-            .configure(api::routes)
-            .default_service(web::to(api::not_found))
-    })
-    .workers(workers)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .bind(addr)
-    .map_err(|e| anyhow::anyhow!("http.listen: cannot listen on {addr}: {e}"))?
-    .run();
+    let server = actix_server::Server::build()
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .bind("chatmesh-http", addr, move || {
+            let app_ctx = shared.clone();
+            let ws_ctx = shared.clone();
+            let app = App::new()
+                .app_data(web::Data::new(app_ctx))
+                .configure(http::routes)
+                .configure(api::routes)
+                .default_service(web::to(api::not_found));
+            let upgrades =
+                fn_service(move |(req, framed)| ws::upgrade::serve(ws_ctx.clone(), req, framed));
+            HttpService::build()
+                .upgrade(upgrades)
+                .finish(map_config(app, |_| AppConfig::default()))
+                .tcp()
+        })
+        .map_err(|e| anyhow::anyhow!("http.listen: cannot listen on {addr}: {e}"))?
+        .run();
     let handle = server.handle();
     tracing::info!(node = %config.node.id, broker = broker.kind(), "listening on http://{addr}");
     let drainer = actix_rt::spawn(async move {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use chatmesh_broker::{
     BrokerError, DedupeKey, Envelope, HistoryQuery, Published, Signal, SignalKind, Takeover,
 };
@@ -30,6 +29,7 @@ use crate::limiter::TokenBucket;
 use crate::outbox::Outbox;
 use crate::protocol::server::{self, Frame};
 use crate::protocol::{close, parse, ClientFrame, ErrorCode};
+use crate::ws::reader::{Inbound, ReadError, Reader};
 
 /// Typing signals cost more than messages: clients send them on every keystroke.
 const TYPING_COST: f64 = 5.0;
@@ -474,26 +474,26 @@ impl Actor for Connection {
     }
 }
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
-    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Inbound, ReadError>> for Connection {
+    fn handle(&mut self, item: Result<Inbound, ReadError>, ctx: &mut Self::Context) {
         self.last_seen = Instant::now();
         match item {
-            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
-            Ok(AggregatedMessage::Binary(_)) => self.error(
+            Ok(Inbound::Text(text)) => self.on_text(&text, ctx),
+            Ok(Inbound::Binary) => self.error(
                 ErrorCode::BadRequest,
                 "binary frames are not supported; send JSON text frames",
                 None,
             ),
-            Ok(AggregatedMessage::Ping(payload)) => self.outbox.pong(payload),
-            Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(reason)) => {
-                let code = reason.map_or(close::NORMAL, |r| match r.code {
-                    CloseCode::Other(c) if (3000..5000).contains(&c) => c,
-                    _ => close::NORMAL,
-                });
+            Ok(Inbound::Ping(payload)) => self.outbox.pong(payload),
+            Ok(Inbound::Pong) => {}
+            Ok(Inbound::Close(code)) => {
+                // Application codes are echoed; anything else closes normally.
+                let code = code
+                    .filter(|c| (3000..5000).contains(c))
+                    .unwrap_or(close::NORMAL);
                 self.close(code, "", ctx);
             }
-            Err(ProtocolError::Overflow) => {
+            Err(ReadError::TooLarge) => {
                 let max = self.ctx.config.limits.max_frame;
                 self.close(
                     close::TOO_LARGE,
@@ -501,18 +501,35 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
                     ctx,
                 );
             }
-            Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(ReadError::BadUtf8) => {
                 self.close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8", ctx);
             }
-            Err(e) => {
+            Err(ReadError::Protocol(e)) => {
                 tracing::debug!(cause = %e, "websocket protocol error");
                 self.close(close::PROTOCOL_ERROR, "protocol error", ctx);
+            }
+            Err(ReadError::Io(e)) => {
+                tracing::debug!(cause = %e, "websocket read failed");
+                ctx.stop();
             }
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+/// The socket's read half, once the upgrade has been answered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachReader(pub Reader);
+
+impl Handler<AttachReader> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttachReader, ctx: &mut Self::Context) {
+        ctx.add_stream(msg.0);
     }
 }
 

@@ -1,0 +1,188 @@
+//! The WebSocket upgrade at `/ws`: checks, authentication, the 101 answer, and
+//! the start of a connection.
+//!
+//! actix-http hands every request that asks for an upgrade to this service
+//! together with the socket itself, instead of to the actix-web app. That is
+//! what lets a connection drop the HTTP layer's 16 KiB of per-connection
+//! buffers after the handshake: from the 101 on, the socket belongs to a
+//! [`Reader`] feeding the [`Connection`] actor and to its outbox's [`Writer`].
+//! Refusals are answered here as the same JSON errors as the HTTP API
+//! (PROTOCOL.md §3), and the socket is closed after them.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_codec::Framed;
+use actix_http::header::HeaderMap;
+use actix_http::{h1, ws, Request};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::reader::Reader;
+use crate::actors::connection::{AttachReader, Connection, WriterDone};
+use crate::auth::{AuthError, Identity};
+use crate::config::AuthMode;
+use crate::context::Ctx;
+use crate::http::ApiError;
+use crate::ids;
+use crate::outbox::{Outbox, Writer};
+use crate::protocol::{client, ErrorCode};
+
+/// The longest an upgrade waits for the user's subscription.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The path clients connect to.
+pub const PATH: &str = "/ws";
+
+/// Handles one upgrade request; resolves when the connection is over. Socket
+/// errors end the connection and are only logged: there is nobody to tell.
+pub async fn serve(
+    ctx: Ctx,
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+) -> Result<(), actix_http::Error> {
+    if let Err(e) = connect(ctx, req, framed).await {
+        tracing::debug!(cause = %e, "websocket upgrade ended with a socket error");
+    }
+    Ok(())
+}
+
+async fn connect(
+    ctx: Ctx,
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+) -> Result<(), std::io::Error> {
+    let mut parts = framed.into_parts();
+    let checked = accept(&ctx, &req);
+    let (identity, device, key) = match checked {
+        Ok(ok) => ok,
+        Err(e) => return refuse(&mut parts.io, &e).await,
+    };
+    // Reserve the slot before upgrading, so a burst cannot overshoot the limit;
+    // the connection actor gives it back when it stops.
+    let max = ctx.config.limits.max_connections as u64;
+    if ctx.connections.fetch_add(1, Ordering::AcqRel) >= max {
+        ctx.connections.fetch_sub(1, Ordering::AcqRel);
+        let e = ApiError::new(
+            ErrorCode::Unavailable,
+            &format!("this node is full ({max} connections, limits.max_connections)"),
+        );
+        return refuse(&mut parts.io, &e).await;
+    }
+    drop(req);
+    let outbox = Outbox::new(ctx.config.limits.outbound_bytes);
+    let max_frame = ctx.config.limits.max_frame;
+    let (attached_tx, attached) = tokio::sync::oneshot::channel();
+    let conn = {
+        let outbox = outbox.clone();
+        Connection::new(ctx, identity, device, outbox, attached_tx).start()
+    };
+    // Answer the upgrade once the user's topic is held: from the moment a client
+    // is connected, directs to it are delivered. A failed attach closes the
+    // socket with 1013 right after the handshake.
+    let _ = tokio::time::timeout(ATTACH_TIMEOUT, attached).await;
+    let mut io = parts.io;
+    let _ = io.set_nodelay(true);
+    if let Err(e) = io.write_all(&switching_protocols(&key)).await {
+        conn.do_send(WriterDone);
+        return Err(e);
+    }
+    let (read, write) = io.into_split();
+    conn.do_send(AttachReader(Reader::new(read, &parts.read_buf, max_frame)));
+    // The HTTP layer's buffers go now; the connection lives on in these two.
+    drop(parts.read_buf);
+    drop(parts.write_buf);
+    let writer: Writer = outbox.writer(write);
+    writer.await;
+    conn.do_send(WriterDone);
+    Ok(())
+}
+
+/// The checks before an upgrade, in the order a client can fix them.
+fn accept(ctx: &Ctx, req: &Request) -> Result<(Identity, Option<String>, Vec<u8>), ApiError> {
+    let head = req.head();
+    if head.uri.path() != PATH {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such endpoint"));
+    }
+    ws::verify_handshake(head)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, &format!("websocket handshake: {e}")))?;
+    if !ctx.is_ready() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "node not ready: broker not connected or draining",
+        ));
+    }
+    let query = query(head.uri.query().unwrap_or(""));
+    let identity = identify(&head.headers, &query, ctx)?;
+    let device = match query.get("device") {
+        None => None,
+        Some(d) => Some(
+            client::name("device", d.clone())
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, &e))?,
+        ),
+    };
+    let key = head
+        .headers
+        .get(actix_http::header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec())
+        .unwrap_or_default();
+    Ok((identity, device, key))
+}
+
+fn query(raw: &str) -> HashMap<String, String> {
+    serde_urlencoded::from_str(raw).unwrap_or_default()
+}
+
+fn identify(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    ctx: &Ctx,
+) -> Result<Identity, ApiError> {
+    match ctx.auth.mode() {
+        AuthMode::None => match query.get("user") {
+            None => Ok(Identity::unrestricted(ids::guest_id())),
+            Some(u) => client::name("user", u.clone())
+                .map(Identity::unrestricted)
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, &e)),
+        },
+        AuthMode::Jwt => {
+            let token = query
+                .get("token")
+                .map(String::as_str)
+                .or_else(|| crate::http::bearer(headers));
+            token
+                .ok_or(AuthError::Missing)
+                .and_then(|t| ctx.auth.verify(t))
+                .map_err(|e| ApiError::new(ErrorCode::Unauthorized, &e.to_string()))
+        }
+    }
+}
+
+fn switching_protocols(key: &[u8]) -> Vec<u8> {
+    let accept = ws::hash_key(key);
+    let mut res = Vec::with_capacity(160);
+    res.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ",
+    );
+    res.extend_from_slice(&accept);
+    res.extend_from_slice(b"\r\n\r\n");
+    res
+}
+
+/// Answers a refused upgrade with its JSON error and closes the socket.
+async fn refuse(io: &mut TcpStream, e: &ApiError) -> Result<(), std::io::Error> {
+    let body = crate::http::error_body(e.code, &e.message);
+    let status = actix_http::StatusCode::from_u16(e.code.http_status())
+        .unwrap_or(actix_http::StatusCode::INTERNAL_SERVER_ERROR);
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    io.write_all(head.as_bytes()).await?;
+    io.write_all(body.as_bytes()).await?;
+    io.shutdown().await
+}
