@@ -17,7 +17,7 @@ use actix_web::{web, App};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 
-use crate::actors::bridge::ClusterBridge;
+use crate::actors::bridge::{ClusterBridge, OfferArbiter};
 use crate::actors::room::RoomSettings;
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -94,6 +94,10 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         .disable_signals()
         .shutdown_timeout(1)
         .bind("chatmesh-http", addr, move || {
+            // Called once on each worker's thread, before it accepts anything.
+            if let Some(arbiter) = actix_rt::Arbiter::try_current() {
+                shared.bridge.do_send(OfferArbiter(arbiter));
+            }
             let app_ctx = shared.clone();
             let ws_ctx = shared.clone();
             let app = App::new()

@@ -5,7 +5,8 @@
 //! when the last local member goes), tells [`Subscriptions`] what to hold, and
 //! routes each inbound delivery to the one actor it concerns. It never builds
 //! client frames: rooms and users serialize once for all their members. Room and
-//! user actors run on a small pool of arbiters so fan-out uses every core.
+//! user actors are spread over the HTTP workers' threads ([`OfferArbiter`]), so
+//! fan-out uses every core without adding threads of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -54,7 +55,6 @@ impl ClusterBridge {
         started_ms: u64,
         connections: Arc<dyn Fn() -> u64 + Send + Sync>,
     ) -> Self {
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             subs: Subscriptions::spawn(broker.clone()),
             broker,
@@ -62,7 +62,7 @@ impl ClusterBridge {
             settings,
             rooms: HashMap::new(),
             users: HashMap::new(),
-            arbiters: (0..workers).map(|_| Arbiter::new().handle()).collect(),
+            arbiters: Vec::new(),
             next_arbiter: 0,
             heartbeat,
             started_ms,
@@ -72,6 +72,12 @@ impl ClusterBridge {
     }
 
     fn arbiter(&mut self) -> ArbiterHandle {
+        if self.arbiters.is_empty() {
+            // No HTTP worker has offered its thread (a node without a server,
+            // as in tests): a pool of our own, one thread per core.
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            self.arbiters = (0..cores).map(|_| Arbiter::new().handle()).collect();
+        }
         self.next_arbiter = (self.next_arbiter + 1) % self.arbiters.len();
         self.arbiters[self.next_arbiter].clone()
     }
@@ -331,5 +337,20 @@ impl Handler<DetachUser> for ClusterBridge {
             entry.addr.do_send(user::Detach { conn: msg.conn });
         }
         self.release_user(&msg.user, msg.conn);
+    }
+}
+
+/// An HTTP worker's thread, offered for room and user actors: a room that runs
+/// where some of its members' sockets run wakes their writers without a
+/// cross-thread hop, and the node keeps one thread per core instead of two.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct OfferArbiter(pub ArbiterHandle);
+
+impl Handler<OfferArbiter> for ClusterBridge {
+    type Result = ();
+
+    fn handle(&mut self, msg: OfferArbiter, _ctx: &mut Self::Context) {
+        self.arbiters.push(msg.0);
     }
 }

@@ -94,9 +94,14 @@ async fn connect(
     // The HTTP layer's buffers go now; the connection lives on in these two.
     drop(parts.read_buf);
     drop(parts.write_buf);
+    // The writer gets a task of its own, so the HTTP dispatcher's future (sized
+    // for any request the app can serve) is freed now rather than kept for the
+    // socket's life.
     let writer: Writer = outbox.writer(write);
-    writer.await;
-    conn.do_send(WriterDone);
+    actix_rt::spawn(async move {
+        writer.await;
+        conn.do_send(WriterDone);
+    });
     Ok(())
 }
 
