@@ -30,7 +30,16 @@ pub enum Role {
 
 /// User + system CPU seconds of a process, `None` if it is gone.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_seconds_of(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU seconds of the calling thread.
+pub fn thread_cpu_seconds() -> Option<f64> {
+    cpu_seconds_of("/proc/thread-self/stat")
+}
+
+fn cpu_seconds_of(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name is in parentheses and may contain spaces: split after it.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
