@@ -3,22 +3,19 @@
 //!
 //! - parsing a client `publish` frame (`chatmesh::protocol::parse`);
 //! - encoding and decoding a room-message envelope (`chatmesh_broker::codec`);
-//! - a room's fan-out to 1000 local members. The node's `Outbox` wraps an actix-ws
-//!   `Session`, so this mirrors what `Room`'s `Deliver` handler and `Outbox::send`
-//!   do per member: build the `message` frame once (`protocol::server::message`),
-//!   then per member check the closed flag, add the frame length to the queued-bytes
-//!   counter against the limit, and push a clone of the `ByteString` into an
-//!   unbounded channel.
+//! - a room's fan-out to 1000 local members: the `message` frame built once
+//!   (`protocol::server::message`), then the node's own `Outbox::send` per member
+//!   (limit check, a clone of the `ByteString` into the queue; no writer is
+//!   waiting, as when a busy writer is still flushing its last batch);
+//! - the writer framing a batch of 16 message frames into one buffer.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use bytestring::ByteString;
+use chatmesh::outbox::Outbox;
 use chatmesh::protocol::{parse, server};
+use chatmesh::ws::frame;
 use chatmesh_broker::{codec, Envelope, Pos, RoomMessage};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tokio::sync::mpsc;
 
 const PUBLISH: &str = r#"{"type":"publish","room":"room-3","body":{"t":123456789,"s":42,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#;
 
@@ -57,29 +54,6 @@ fn envelope_codec(c: &mut Criterion) {
     g.finish();
 }
 
-/// The parts of the node's `Outbox` that a send touches.
-struct Sink {
-    closed: AtomicBool,
-    queued: AtomicUsize,
-    limit: usize,
-    data: mpsc::UnboundedSender<ByteString>,
-}
-
-impl Sink {
-    fn send(&self, frame: ByteString) -> bool {
-        if self.closed.load(Ordering::Acquire) {
-            return false;
-        }
-        let len = frame.len();
-        let before = self.queued.fetch_add(len, Ordering::AcqRel);
-        if before + len > self.limit {
-            self.closed.store(true, Ordering::Release);
-            return false;
-        }
-        self.data.send(frame).is_ok()
-    }
-}
-
 fn fan_out(c: &mut Criterion) {
     const MEMBERS: usize = 1000;
     let m = room_message();
@@ -89,26 +63,15 @@ fn fan_out(c: &mut Criterion) {
     g.bench_function("1000 members (frame built once)", |b| {
         b.iter_batched_ref(
             || {
-                let mut rxs = Vec::with_capacity(MEMBERS);
-                let sinks: Vec<Arc<Sink>> = (0..MEMBERS)
-                    .map(|_| {
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        rxs.push(rx);
-                        Arc::new(Sink {
-                            closed: AtomicBool::new(false),
-                            queued: AtomicUsize::new(0),
-                            limit: 1 << 20,
-                            data: tx,
-                        })
-                    })
-                    .collect();
-                (sinks, rxs)
+                (0..MEMBERS)
+                    .map(|_| Outbox::new(1 << 20))
+                    .collect::<Vec<_>>()
             },
-            |(sinks, _rxs)| {
+            |outboxes| {
                 let frame = server::message(&m, pos);
                 let mut delivered = 0usize;
-                for s in sinks.iter() {
-                    if s.send(frame.clone()) {
+                for o in outboxes.iter() {
+                    if o.send(frame.clone()).is_ok() {
                         delivered += 1;
                     }
                 }
@@ -120,5 +83,22 @@ fn fan_out(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse_frame, envelope_codec, fan_out);
+fn framing(c: &mut Criterion) {
+    const FRAMES: usize = 16;
+    let frame = server::message(&room_message(), Pos::new(1, 2, 3));
+    let mut g = c.benchmark_group("writer");
+    g.throughput(Throughput::Elements(FRAMES as u64));
+    g.bench_function("frame a batch of 16 message frames", |b| {
+        b.iter(|| {
+            let mut buf = Vec::with_capacity(FRAMES * (frame.len() + frame::MAX_HEADER));
+            for _ in 0..FRAMES {
+                frame::encode(&mut buf, frame::OpCode::Text, black_box(frame.as_bytes()));
+            }
+            black_box(buf)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse_frame, envelope_codec, fan_out, framing);
 criterion_main!(benches);

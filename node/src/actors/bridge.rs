@@ -72,6 +72,9 @@ impl ClusterBridge {
     }
 
     fn arbiter(&mut self) -> ArbiterHandle {
+        // A worker that died (actix-server restarts panicked workers on new
+        // threads) leaves a handle that accepts nothing: drop it.
+        self.arbiters.retain(|a| a.spawn(async {}));
         if self.arbiters.is_empty() {
             // No HTTP worker has offered its thread (a node without a server,
             // as in tests): a pool of our own, one thread per core.
