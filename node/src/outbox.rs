@@ -225,7 +225,9 @@ impl Writer {
         for f in q.frames.drain(..) {
             frame::encode(&mut self.buf, OpCode::Text, f.as_bytes());
         }
-        if q.frames.capacity() > 64 {
+        // A queue that grew for a burst (a join's replay) would keep its
+        // capacity for the connection's life; idle connections matter more.
+        if q.frames.capacity() > 4 {
             q.frames = VecDeque::new();
         }
         self.batch = bytes;
