@@ -6,6 +6,8 @@
 //! - [`node`]: start a `chatmesh` process, wait until it is ready, kill it on drop,
 //!   print its log when a test fails.
 //! - [`client`]: a WebSocket test client speaking protocol v1.
+//! - [`steps`]: panicking test steps on a client (join, send, recv, silence,
+//!   publish and drain, error frames) shared by the suites.
 //! - [`cluster`]: one broker plus N nodes per test, for any broker kind (the
 //!   fixture of the cluster suite), or already-running external nodes.
 //! - [`nats`]: start `nats-server` with JetStream (one server or a 3-server cluster).
@@ -20,3 +22,4 @@ pub mod node;
 pub mod ports;
 pub mod proxy;
 pub mod redis;
+pub mod steps;

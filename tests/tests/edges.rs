@@ -23,12 +23,14 @@ use std::time::{Duration, Instant};
 use chatmesh_tests::client::Client;
 use chatmesh_tests::node::{binary, unique, Node};
 use chatmesh_tests::ports::free_port;
+use chatmesh_tests::steps::{
+    assert_error, client, join, ping, recv, recv_until, room, send, silence, start_node_with,
+    SILENCE,
+};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-/// How long "nothing arrives" is watched for.
-const SILENCE: Duration = Duration::from_millis(500);
 /// How long a condition that depends on a heartbeat or a close may take.
 const EVENTUALLY: Duration = Duration::from_secs(8);
 /// The HS256 secret of the jwt-mode nodes.
@@ -37,14 +39,6 @@ const JWT_SECRET: &str = "edges-test-secret";
 const KEYS: &str = "k1,k2";
 
 // ---------------------------------------------------------------- helpers
-
-async fn start_node_with(env: &[(&str, &str)]) -> Node {
-    let mut builder = Node::builder();
-    for (key, value) in env {
-        builder = builder.env(key, value);
-    }
-    builder.start().await.expect("starting a memory node")
-}
 
 async fn start_jwt_node(env: &[(&str, &str)]) -> Node {
     let mut all = vec![
@@ -55,68 +49,12 @@ async fn start_jwt_node(env: &[(&str, &str)]) -> Node {
     start_node_with(&all).await
 }
 
-/// A client of `user` (none mode) that ignores `presence_diff` frames.
-async fn client(node: &Node, user: &str) -> Client {
-    Client::connect(&node.ws_url(&format!("user={user}")))
-        .await
-        .unwrap_or_else(|e| panic!("connecting {user}: {e:#}"))
-        .ignoring(&["presence_diff"])
-}
-
 /// A client authenticated by `token` in `?token=`, ignoring `presence_diff`.
 async fn token_client(node: &Node, token: &str) -> Client {
     Client::connect(&node.ws_url(&format!("token={token}")))
         .await
         .unwrap_or_else(|e| panic!("connecting with a token: {e:#}"))
         .ignoring(&["presence_diff"])
-}
-
-fn room() -> String {
-    unique("room")
-}
-
-async fn join(c: &mut Client, room: &str) -> Value {
-    c.join(room)
-        .await
-        .unwrap_or_else(|e| panic!("joining {room}: {e:#}"))
-}
-
-async fn send(c: &mut Client, frame: Value) {
-    c.send(&frame)
-        .await
-        .unwrap_or_else(|e| panic!("sending {frame}: {e:#}"));
-}
-
-async fn recv(c: &mut Client) -> Value {
-    c.recv().await.unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-async fn recv_until(c: &mut Client, ty: &str) -> Value {
-    c.recv_until(ty).await.unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-async fn silence(c: &mut Client) {
-    c.expect_silence(SILENCE)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-async fn ping(c: &mut Client) {
-    c.ping()
-        .await
-        .unwrap_or_else(|e| panic!("the connection should still be open: {e:#}"));
-}
-
-fn assert_error(frame: &Value, code: &str) {
-    assert_eq!(
-        frame["type"], "error",
-        "expected an error {code}, got {frame}"
-    );
-    assert_eq!(frame["code"], code, "wrong error code in {frame}");
-    assert!(
-        frame["message"].is_string(),
-        "an error frame carries a message: {frame}"
-    );
 }
 
 fn now_ms() -> u64 {

@@ -13,30 +13,39 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatmesh_tests::client::Client;
-use chatmesh_tests::node::{unique, Node};
+use chatmesh_tests::node::{Node, NodeBuilder};
+use chatmesh_tests::steps::{
+    assert_error, client, drain, join, ping, publish, publish_one, recv, recv_until, room, send,
+    silence, start_node_with, SILENCE,
+};
 use serde_json::{json, Value};
-
-/// How long "nothing arrives" is watched for.
-const SILENCE: Duration = Duration::from_millis(500);
 
 async fn start_node() -> Node {
     Node::start().await.expect("starting a memory node")
 }
 
-async fn start_node_with(env: &[(&str, &str)]) -> Node {
-    let mut builder = Node::builder();
-    for (key, value) in env {
-        builder = builder.env(key, value);
+/// Connects `users` to `node` (clients ignoring `presence_diff`), in order, then
+/// joins each to `room`, in the same order.
+async fn members<const N: usize>(node: &Node, room: &str, users: [&str; N]) -> [Client; N] {
+    let mut clients = Vec::with_capacity(N);
+    for user in users {
+        clients.push(client(node, user).await);
     }
-    builder.start().await.expect("starting a memory node")
+    for c in &mut clients {
+        join(c, room).await;
+    }
+    clients
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one client per user"))
 }
 
-/// A client of `user` that ignores `presence_diff` frames.
-async fn client(node: &Node, user: &str) -> Client {
-    Client::connect(&node.ws_url(&format!("user={user}")))
-        .await
-        .unwrap_or_else(|e| panic!("connecting {user}: {e:#}"))
-        .ignoring(&["presence_diff"])
+/// A new node and room, and `alice` and `bob` (ignoring `presence_diff`) both
+/// joined to it. Keep the node: dropping it stops the process.
+async fn alice_and_bob_in_a_room() -> (Node, String, Client, Client) {
+    let node = start_node().await;
+    let room = room();
+    let [alice, bob] = members(&node, &room, ["alice", "bob"]).await;
+    (node, room, alice, bob)
 }
 
 /// A client of `user` that sees every frame.
@@ -44,46 +53,6 @@ async fn strict_client(node: &Node, user: &str) -> Client {
     Client::connect(&node.ws_url(&format!("user={user}")))
         .await
         .unwrap_or_else(|e| panic!("connecting {user}: {e:#}"))
-}
-
-fn room() -> String {
-    unique("room")
-}
-
-async fn join(c: &mut Client, room: &str) -> Value {
-    c.join(room)
-        .await
-        .unwrap_or_else(|e| panic!("joining {room}: {e:#}"))
-}
-
-fn publish(room: &str, body: Value) -> Value {
-    json!({"type": "publish", "room": room, "body": body})
-}
-
-async fn send(c: &mut Client, frame: Value) {
-    c.send(&frame)
-        .await
-        .unwrap_or_else(|e| panic!("sending {frame}: {e:#}"));
-}
-
-async fn recv(c: &mut Client) -> Value {
-    c.recv().await.unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-async fn recv_until(c: &mut Client, ty: &str) -> Value {
-    c.recv_until(ty).await.unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-async fn silence(c: &mut Client) {
-    c.expect_silence(SILENCE)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-async fn ping(c: &mut Client) {
-    c.ping()
-        .await
-        .unwrap_or_else(|e| panic!("the connection should still be open: {e:#}"));
 }
 
 /// Sends `ping` and requires `pong` as the very next frame: the connection is open
@@ -97,56 +66,6 @@ async fn ping_strict(c: &mut Client) {
     assert_eq!(
         pong["type"], "pong",
         "expected pong as the next frame, got {pong}"
-    );
-}
-
-/// Reads frames until `messages` `message` frames and `acks` `ack` frames have
-/// arrived; any other frame fails the test. Returns both lists in arrival order.
-async fn drain(c: &mut Client, messages: usize, acks: usize) -> (Vec<Value>, Vec<Value>) {
-    let (mut got_messages, mut got_acks) = (Vec::new(), Vec::new());
-    while got_messages.len() < messages || got_acks.len() < acks {
-        let frame = c.recv().await.unwrap_or_else(|e| {
-            panic!(
-                "waiting for {messages} messages and {acks} acks (have {} and {}): {e:#}",
-                got_messages.len(),
-                got_acks.len()
-            )
-        });
-        match frame["type"].as_str() {
-            Some("message") if got_messages.len() < messages => got_messages.push(frame),
-            Some("ack") if got_acks.len() < acks => got_acks.push(frame),
-            _ => panic!(
-                "unexpected frame while waiting for {messages} messages and {acks} acks \
-                 (have {} and {}): {frame}",
-                got_messages.len(),
-                got_acks.len()
-            ),
-        }
-    }
-    (got_messages, got_acks)
-}
-
-/// Publishes `body` and waits for the ack and the publisher's own copy of the message.
-async fn publish_one(c: &mut Client, room: &str, body: Value) -> (Value, Value) {
-    send(c, publish(room, body)).await;
-    let (mut messages, mut acks) = drain(c, 1, 1).await;
-    let (message, ack) = (messages.remove(0), acks.remove(0));
-    assert_eq!(
-        message["id"], ack["id"],
-        "the publisher's copy has the acked id"
-    );
-    (ack, message)
-}
-
-fn assert_error(frame: &Value, code: &str) {
-    assert_eq!(
-        frame["type"], "error",
-        "expected an error {code}, got {frame}"
-    );
-    assert_eq!(frame["code"], code, "wrong error code in {frame}");
-    assert!(
-        frame["message"].is_string(),
-        "an error frame carries a message: {frame}"
     );
 }
 
@@ -263,12 +182,7 @@ async fn join_answers_joined_with_pos_members_and_ref() {
 
 #[tokio::test]
 async fn join_twice_still_delivers_once() {
-    let node = start_node().await;
-    let room = room();
-    let mut alice = client(&node, "alice").await;
-    let mut bob = client(&node, "bob").await;
-    join(&mut alice, &room).await;
-    join(&mut bob, &room).await;
+    let (_node, room, mut alice, mut bob) = alice_and_bob_in_a_room().await;
     join(&mut bob, &room).await;
     publish_one(&mut alice, &room, json!("x")).await;
     let message = recv(&mut bob).await;
@@ -331,12 +245,7 @@ async fn refs_are_echoed_on_replies_and_errors() {
 
 #[tokio::test]
 async fn publish_acks_and_delivers_to_every_member() {
-    let node = start_node().await;
-    let room = room();
-    let mut alice = client(&node, "alice").await;
-    let mut bob = client(&node, "bob").await;
-    join(&mut alice, &room).await;
-    join(&mut bob, &room).await;
+    let (_node, room, mut alice, mut bob) = alice_and_bob_in_a_room().await;
 
     let before = now_ms();
     send(
@@ -372,12 +281,7 @@ async fn publish_acks_and_delivers_to_every_member() {
 
 #[tokio::test]
 async fn publish_keeps_custom_kind_and_any_json_body() {
-    let node = start_node().await;
-    let room = room();
-    let mut alice = client(&node, "alice").await;
-    let mut bob = client(&node, "bob").await;
-    join(&mut alice, &room).await;
-    join(&mut bob, &room).await;
+    let (_node, room, mut alice, mut bob) = alice_and_bob_in_a_room().await;
 
     let bodies = [
         json!({"text": "hi", "nested": {"a": [1, 2, {"b": null}]}}),
@@ -412,12 +316,7 @@ async fn order_one_publisher_200_pipelined() {
     const N: usize = 200;
     let node = start_node().await;
     let room = room();
-    let mut alice = client(&node, "alice").await;
-    let mut bob = client(&node, "bob").await;
-    let mut carol = client(&node, "carol").await;
-    for c in [&mut alice, &mut bob, &mut carol] {
-        join(c, &room).await;
-    }
+    let [mut alice, mut bob, mut carol] = members(&node, &room, ["alice", "bob", "carol"]).await;
     for n in 0..N {
         send(&mut alice, publish(&room, json!({"n": n}))).await;
     }
@@ -451,13 +350,7 @@ async fn order_two_publishers_everyone_sees_one_sequence() {
     const N: usize = 100;
     let node = start_node().await;
     let room = room();
-    let mut alice = client(&node, "alice").await;
-    let mut bob = client(&node, "bob").await;
-    let mut carol = client(&node, "carol").await;
-    let mut dave = client(&node, "dave").await;
-    for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
-        join(c, &room).await;
-    }
+    let [alice, bob, carol, dave] = members(&node, &room, ["alice", "bob", "carol", "dave"]).await;
     let room_ref = &room;
     let publisher = |c: &'static str, mut client: Client| async move {
         for n in 0..N {
@@ -500,12 +393,7 @@ async fn order_two_publishers_everyone_sees_one_sequence() {
 async fn cid_dedupes_retries_of_the_same_user() {
     let node = start_node().await;
     let room = room();
-    let mut alice = client(&node, "alice").await;
-    let mut bob = client(&node, "bob").await;
-    let mut carol = client(&node, "carol").await;
-    for c in [&mut alice, &mut bob, &mut carol] {
-        join(c, &room).await;
-    }
+    let [mut alice, mut bob, mut carol] = members(&node, &room, ["alice", "bob", "carol"]).await;
     let frame = json!({"type": "publish", "room": room, "body": "once", "cid": "c-1"});
     send(&mut alice, frame.clone()).await;
     let (_, first) = drain(&mut alice, 1, 1).await;
@@ -546,14 +434,17 @@ async fn cid_dedupes_retries_of_the_same_user() {
 
 // ---------------------------------------------------------------- recovery
 
+/// Sends `join` with `since` and requires `joined` as the very next frame.
+async fn join_since(c: &mut Client, room: &str, since: &Value) -> Value {
+    send(c, json!({"type": "join", "room": room, "since": since})).await;
+    let joined = recv(c).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    joined
+}
+
 #[tokio::test]
 async fn recovery_replays_missed_messages_before_live_ones() {
-    let node = start_node().await;
-    let room = room();
-    let mut alice = client(&node, "alice").await;
-    let mut bob = client(&node, "bob").await;
-    join(&mut alice, &room).await;
-    join(&mut bob, &room).await;
+    let (node, room, mut alice, mut bob) = alice_and_bob_in_a_room().await;
     publish_one(&mut bob, &room, json!("seen")).await;
     let seen = recv(&mut alice).await;
     let since = seen["pos"].clone();
@@ -604,13 +495,7 @@ async fn recovery_from_the_latest_pos_replays_nothing() {
         latest = publish_one(&mut alice, &room, json!(n)).await.0["pos"].clone();
     }
     let mut alice2 = client(&node, "alice").await;
-    send(
-        &mut alice2,
-        json!({"type": "join", "room": room, "since": latest}),
-    )
-    .await;
-    let joined = recv(&mut alice2).await;
-    assert_eq!(joined["type"], "joined", "{joined}");
+    let joined = join_since(&mut alice2, &room, &latest).await;
     assert_eq!(joined["recovered"], true, "{joined}");
     assert_eq!(joined["pos"], latest, "{joined}");
     silence(&mut alice2).await;
@@ -652,13 +537,7 @@ async fn recovery_from_a_foreign_pos_is_not_recovered() {
         publish_one(&mut alice, &room, json!(n)).await;
     }
     let mut alice2 = client(&node, "alice").await;
-    send(
-        &mut alice2,
-        json!({"type": "join", "room": room, "since": foreign}),
-    )
-    .await;
-    let joined = recv(&mut alice2).await;
-    assert_eq!(joined["type"], "joined", "{joined}");
+    let joined = join_since(&mut alice2, &room, &foreign).await;
     assert_eq!(
         joined["recovered"], false,
         "a position this node never produced cannot be recovered from: {joined}"
@@ -793,12 +672,7 @@ async fn history_limit_is_clamped_to_500() {
 
 #[tokio::test]
 async fn leave_stops_delivery_and_publishing() {
-    let node = start_node().await;
-    let room = room();
-    let mut alice = client(&node, "alice").await;
-    let mut bob = client(&node, "bob").await;
-    join(&mut alice, &room).await;
-    join(&mut bob, &room).await;
+    let (_node, room, mut alice, mut bob) = alice_and_bob_in_a_room().await;
 
     send(&mut alice, json!({"type": "leave", "room": room})).await;
     let left = recv(&mut alice).await;
@@ -871,12 +745,7 @@ async fn direct_reaches_every_connection_of_the_target_and_the_sender_others() {
 
 #[tokio::test]
 async fn typing_and_read_are_relayed_to_the_other_members() {
-    let node = start_node().await;
-    let room = room();
-    let mut alice = client(&node, "alice").await;
-    let mut bob = client(&node, "bob").await;
-    join(&mut alice, &room).await;
-    join(&mut bob, &room).await;
+    let (_node, room, mut alice, mut bob) = alice_and_bob_in_a_room().await;
 
     send(&mut alice, json!({"type": "typing", "room": room})).await;
     let typing = recv(&mut bob).await;
@@ -915,17 +784,7 @@ async fn diff_about(c: &mut Client, user: &str) -> Value {
     loop {
         let frame = recv(c).await;
         assert_eq!(frame["type"], "presence_diff", "{frame}");
-        let names = |key: &str| -> Vec<String> {
-            frame[key]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        if names("joins").iter().any(|u| u == user) || names("leaves").iter().any(|u| u == user) {
+        if names(&frame, "joins").contains(user) || names(&frame, "leaves").contains(user) {
             return frame;
         }
     }
@@ -1182,10 +1041,7 @@ async fn a_burst_of_garbage_gets_one_error_each_and_does_not_slow_others() {
         (errors, garbage_rx)
     });
 
-    let mut alice = client(&node, "alice").await;
-    let mut bob = client(&node, "bob").await;
-    join(&mut alice, &room).await;
-    join(&mut bob, &room).await;
+    let [mut alice, mut bob] = members(&node, &room, ["alice", "bob"]).await;
     let mut worst = Duration::ZERO;
     for n in 0..30 {
         let started = Instant::now();
@@ -1222,10 +1078,7 @@ async fn publishing_too_fast_is_rate_limited() {
     ])
     .await;
     let room = room();
-    let mut alice = client(&node, "alice").await;
-    let mut bob = client(&node, "bob").await;
-    join(&mut alice, &room).await;
-    join(&mut bob, &room).await;
+    let [mut alice, mut bob] = members(&node, &room, ["alice", "bob"]).await;
     for n in 0..SENT {
         send(
             &mut alice,
@@ -1382,34 +1235,33 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_others_lose_nothing
 
 // ---------------------------------------------------------------- configuration
 
-#[tokio::test]
-async fn an_unknown_broker_kind_stops_the_node_with_a_clear_line() {
-    let exited = Node::builder()
-        .broker("bogus", None)
+/// Runs a node that must refuse its configuration: it exits by itself, with a
+/// failure status, and a line of its stderr names `key`.
+async fn stops_naming(builder: NodeBuilder, key: &str) {
+    let exited = builder
         .run_to_exit(Duration::from_secs(10))
         .await
         .expect("the node stops by itself");
     assert!(!exited.status.success(), "exit status {}", exited.status);
     assert!(
-        exited.stderr.lines().any(|l| l.contains("broker.kind")),
-        "stderr names broker.kind:\n{}",
+        exited.stderr.lines().any(|l| l.contains(key)),
+        "stderr names {key}:\n{}",
         exited.stderr
     );
 }
 
 #[tokio::test]
+async fn an_unknown_broker_kind_stops_the_node_with_a_clear_line() {
+    stops_naming(Node::builder().broker("bogus", None), "broker.kind").await;
+}
+
+#[tokio::test]
 async fn a_bad_listen_address_stops_the_node_with_a_clear_line() {
-    let exited = Node::builder()
-        .env("CHATMESH_HTTP__LISTEN", "notanaddress")
-        .run_to_exit(Duration::from_secs(10))
-        .await
-        .expect("the node stops by itself");
-    assert!(!exited.status.success(), "exit status {}", exited.status);
-    assert!(
-        exited.stderr.lines().any(|l| l.contains("http.listen")),
-        "stderr names http.listen:\n{}",
-        exited.stderr
-    );
+    stops_naming(
+        Node::builder().env("CHATMESH_HTTP__LISTEN", "notanaddress"),
+        "http.listen",
+    )
+    .await;
 }
 
 #[tokio::test]

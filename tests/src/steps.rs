@@ -1,0 +1,137 @@
+//! Test steps shared by the suites in `tests/tests/`: short helpers that start a
+//! memory node, connect, join, send, read, wait for silence, publish and drain,
+//! and check error frames.
+//!
+//! Each step wraps a [`Client`] (or [`Node`]) call and panics with a message naming
+//! what failed, so a test reads as a list of steps. They take a plain [`Client`],
+//! whichever way it was connected (one node or a cluster), so every suite can use
+//! them.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::node::{unique, Node};
+
+/// How long "nothing arrives" is watched for by [`silence`].
+pub const SILENCE: Duration = Duration::from_millis(500);
+
+/// Starts a `memory` node with extra environment variables.
+pub async fn start_node_with(env: &[(&str, &str)]) -> Node {
+    let mut builder = Node::builder();
+    for (key, value) in env {
+        builder = builder.env(key, value);
+    }
+    builder.start().await.expect("starting a memory node")
+}
+
+/// A client of `user` (`?user=`) on `node` that ignores `presence_diff` frames.
+pub async fn client(node: &Node, user: &str) -> Client {
+    Client::connect(&node.ws_url(&format!("user={user}")))
+        .await
+        .unwrap_or_else(|e| panic!("connecting {user}: {e:#}"))
+        .ignoring(&["presence_diff"])
+}
+
+/// A fresh room name, unique to this test run.
+pub fn room() -> String {
+    unique("room")
+}
+
+/// Joins `room` and returns the `joined` reply (which must be the next frame).
+pub async fn join(c: &mut Client, room: &str) -> Value {
+    c.join(room)
+        .await
+        .unwrap_or_else(|e| panic!("joining {room}: {e:#}"))
+}
+
+/// A `publish` frame for `room` with `body`.
+pub fn publish(room: &str, body: Value) -> Value {
+    json!({"type": "publish", "room": room, "body": body})
+}
+
+/// Sends one JSON frame.
+pub async fn send(c: &mut Client, frame: Value) {
+    c.send(&frame)
+        .await
+        .unwrap_or_else(|e| panic!("sending {frame}: {e:#}"));
+}
+
+/// The very next frame (strict).
+pub async fn recv(c: &mut Client) -> Value {
+    c.recv().await.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The next frame of type `ty`; frames of other types are discarded.
+pub async fn recv_until(c: &mut Client, ty: &str) -> Value {
+    c.recv_until(ty).await.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Requires that no (not ignored) frame arrives within [`SILENCE`].
+pub async fn silence(c: &mut Client) {
+    c.expect_silence(SILENCE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Sends `ping` and waits for `pong` (other frames are discarded): the connection
+/// is still open and the node still reads it.
+pub async fn ping(c: &mut Client) {
+    c.ping()
+        .await
+        .unwrap_or_else(|e| panic!("the connection should still be open: {e:#}"));
+}
+
+/// Reads frames until `messages` `message` frames and `acks` `ack` frames have
+/// arrived; any other frame fails the test. Returns both lists in arrival order.
+pub async fn drain(c: &mut Client, messages: usize, acks: usize) -> (Vec<Value>, Vec<Value>) {
+    let (mut got_messages, mut got_acks) = (Vec::new(), Vec::new());
+    while got_messages.len() < messages || got_acks.len() < acks {
+        let frame = c.recv().await.unwrap_or_else(|e| {
+            panic!(
+                "waiting for {messages} messages and {acks} acks (have {} and {}): {e:#}",
+                got_messages.len(),
+                got_acks.len()
+            )
+        });
+        match frame["type"].as_str() {
+            Some("message") if got_messages.len() < messages => got_messages.push(frame),
+            Some("ack") if got_acks.len() < acks => got_acks.push(frame),
+            _ => panic!(
+                "{}: unexpected frame while waiting for {messages} messages and {acks} acks \
+                 (have {} and {}): {frame}",
+                c.user(),
+                got_messages.len(),
+                got_acks.len()
+            ),
+        }
+    }
+    (got_messages, got_acks)
+}
+
+/// Publishes `body` and waits for the ack and the publisher's own copy of the
+/// message; returns `(ack, message)`.
+pub async fn publish_one(c: &mut Client, room: &str, body: Value) -> (Value, Value) {
+    send(c, publish(room, body)).await;
+    let (mut messages, mut acks) = drain(c, 1, 1).await;
+    let (message, ack) = (messages.remove(0), acks.remove(0));
+    assert_eq!(
+        message["id"], ack["id"],
+        "the publisher's copy has the acked id"
+    );
+    (ack, message)
+}
+
+/// Requires `frame` to be an `error` frame with `code` and a string `message`.
+pub fn assert_error(frame: &Value, code: &str) {
+    assert_eq!(
+        frame["type"], "error",
+        "expected an error {code}, got {frame}"
+    );
+    assert_eq!(frame["code"], code, "wrong error code in {frame}");
+    assert!(
+        frame["message"].is_string(),
+        "an error frame carries a message: {frame}"
+    );
+}
