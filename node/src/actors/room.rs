@@ -50,6 +50,10 @@ struct Member {
     user: Arc<str>,
     outbox: Outbox,
     state: State,
+    /// The newest position this member got from its join's history read. A
+    /// message stored before that read can still reach the room live after
+    /// the join finished; it must not go to this member twice.
+    floor: Option<Pos>,
     /// Identifies the join in progress, so a superseded one does not finish.
     attempt: u64,
 }
@@ -216,6 +220,7 @@ impl Handler<Join> for Room {
                             buffer: Vec::new(),
                             bytes: 0,
                         },
+                        floor: None,
                         attempt,
                     },
                 );
@@ -311,8 +316,12 @@ impl Handler<Join> for Room {
             for (pos, frame) in buffer {
                 if pos.is_none_or(|p| is_after(p, last)) {
                     let _ = outbox.send(frame);
+                    if let Some(p) = pos {
+                        last = Some(p);
+                    }
                 }
             }
+            member.floor = last;
             Ok(())
         }))
     }
@@ -370,6 +379,12 @@ impl Room {
             }
             match &mut member.state {
                 State::Active => {
+                    if let (Some(p), Some(_)) = (pos, member.floor) {
+                        if !is_after(p, member.floor) {
+                            continue;
+                        }
+                        member.floor = None;
+                    }
                     if member.outbox.send(frame.clone()).is_ok() {
                         delivered += 1;
                     }
