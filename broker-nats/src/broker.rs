@@ -41,16 +41,24 @@ pub enum Storage {
 pub struct NatsOptions {
     /// Storage of the stream and buckets, when this node creates them.
     pub storage: Storage,
-    /// JetStream replicas of the stream and buckets (1 to 5; 3 on a 3-server
-    /// cluster keeps history through the loss of one server).
-    pub replicas: usize,
+    /// JetStream replicas of the stream and buckets (1 to 5), or `None` (the
+    /// default) to choose by the server: 1 on a single server, 3 on a NATS
+    /// cluster, so that the loss of one server keeps history, presence and
+    /// publishing going. With `None`, a cluster that cannot place 3 replicas
+    /// when a stream or bucket is first created (fewer than 3 JetStream
+    /// servers, or one of them down) gets the most it can place, and every
+    /// later setup (each connect and reconnect of a node) scales it up to 3
+    /// again; an existing stream or bucket is never scaled down. `Some(n)`
+    /// asks for exactly `n` and uses an existing stream as it is when NATS
+    /// refuses to change it.
+    pub replicas: Option<usize>,
 }
 
 impl Default for NatsOptions {
     fn default() -> Self {
         Self {
             storage: Storage::File,
-            replicas: 1,
+            replicas: None,
         }
     }
 }
@@ -71,7 +79,8 @@ struct Inner {
 }
 
 impl NatsBroker {
-    /// [`NatsBroker::with_options`] with file storage and one replica.
+    /// [`NatsBroker::with_options`] with file storage and replicas chosen by
+    /// the server (1 on a single server, 3 on a cluster: [`NatsOptions::replicas`]).
     pub fn new(url: &str, settings: BrokerSettings) -> Result<NatsBroker, NatsConfigError> {
         Self::with_options(url, settings, NatsOptions::default())
     }

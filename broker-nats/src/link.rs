@@ -59,6 +59,9 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the background task checks a link that is down inside one client.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// The replicas of the stream and buckets on a NATS cluster when
+/// [`NatsOptions::replicas`] is `None`: a quorum of 2 of 3 survives one server.
+pub(crate) const CLUSTER_REPLICAS: usize = 3;
 
 /// The key-value buckets (NATS ≥ 2.10).
 pub(crate) struct Buckets {
@@ -369,8 +372,18 @@ impl Link {
         }
     }
 
+    /// The replicas to ask for on this client's server: the configured number,
+    /// else 1 on a single server and [`CLUSTER_REPLICAS`] on a cluster (the
+    /// server's INFO names its cluster).
+    fn replicas(&self, client: &Client) -> usize {
+        match self.options.replicas {
+            Some(n) => n.max(1),
+            None => auto_replicas(client.server_info().cluster.is_some()),
+        }
+    }
+
     /// The rooms stream's configuration. See the crate docs.
-    fn rooms_config(&self) -> stream::Config {
+    fn rooms_config(&self, replicas: usize) -> stream::Config {
         stream::Config {
             name: self.names.rooms_stream(),
             description: Some(format!(
@@ -384,7 +397,7 @@ impl Link {
             max_messages_per_subject: self.settings.history_size.max(1) as i64 + 1,
             duplicate_window: self.settings.dedupe_window,
             storage: self.storage(),
-            num_replicas: self.options.replicas.max(1),
+            num_replicas: replicas,
             allow_direct: true,
             republish: Some(stream::Republish {
                 source: self.names.stored_wildcard(),
@@ -395,14 +408,89 @@ impl Link {
         }
     }
 
-    fn bucket_config(&self, bucket: String, max_age: Duration) -> kv::Config {
+    fn bucket_config(&self, bucket: String, max_age: Duration, replicas: usize) -> kv::Config {
         kv::Config {
             bucket,
             history: 1,
             max_age,
             storage: self.storage(),
-            num_replicas: self.options.replicas.max(1),
+            num_replicas: replicas,
             ..Default::default()
+        }
+    }
+
+    /// Creates (or updates) the rooms stream. When it cannot, and replicas
+    /// are chosen automatically, creates it with fewer replicas (create only:
+    /// an existing stream is never changed, so never scaled down); the next
+    /// setup scales it up. Otherwise an existing stream is used as it is.
+    async fn ensure_stream(&self, js: &jetstream::Context, config: stream::Config) {
+        let name = config.name.clone();
+        let wanted = config.num_replicas;
+        let Err(e) = self
+            .run("create stream", js.create_or_update_stream(config.clone()))
+            .await
+        else {
+            return;
+        };
+        if self.options.replicas.is_none() {
+            for replicas in (1..wanted).rev() {
+                let fewer = stream::Config {
+                    num_replicas: replicas,
+                    ..config.clone()
+                };
+                if self
+                    .run("create stream", js.create_stream(fewer))
+                    .await
+                    .is_ok()
+                {
+                    warn!(stream = %name, replicas, wanted, cause = %e, "rooms stream created with fewer replicas than wanted; the next setup scales it up");
+                    return;
+                }
+            }
+        }
+        // An existing stream with a setting that cannot change now (storage;
+        // replicas while a server is down) is used as it is.
+        warn!(stream = %name, cause = %e, "could not create or update the rooms stream; using it as it is");
+    }
+
+    /// Creates (or updates) one bucket, like [`Link::ensure_stream`]: with
+    /// automatic replicas, fewer of them when the cluster cannot place all
+    /// (create only); then an existing bucket as it is.
+    async fn ensure_bucket(
+        &self,
+        js: &jetstream::Context,
+        config: kv::Config,
+    ) -> Result<kv::Store, BrokerError> {
+        let bucket = config.bucket.clone();
+        let wanted = config.num_replicas;
+        let e = match self
+            .run(
+                "create bucket",
+                js.create_or_update_key_value(config.clone()),
+            )
+            .await
+        {
+            Ok(store) => return Ok(store),
+            Err(e) => e,
+        };
+        if self.options.replicas.is_none() {
+            for replicas in (1..wanted).rev() {
+                let fewer = kv::Config {
+                    num_replicas: replicas,
+                    ..config.clone()
+                };
+                if let Ok(store) = self.run("create bucket", js.create_key_value(fewer)).await {
+                    warn!(%bucket, replicas, wanted, cause = %e, "bucket created with fewer replicas than wanted; the next setup scales it up");
+                    return Ok(store);
+                }
+            }
+        }
+        match self.run("get bucket", js.get_key_value(&bucket)).await {
+            Ok(store) => {
+                warn!(%bucket, cause = %e, "could not create or update the bucket; using it as it is");
+                Ok(store)
+            }
+            Err(_) => Err(e),
         }
     }
 
@@ -410,20 +498,14 @@ impl Link {
     async fn setup(&self, client: &Client) -> Result<Session, BrokerError> {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(REQUEST_TIMEOUT);
-        let config = self.rooms_config();
+        let replicas = self.replicas(client);
+        let config = self.rooms_config(replicas);
         let name = config.name.clone();
-        if let Err(e) = self
-            .run("create stream", js.create_or_update_stream(config))
-            .await
-        {
-            // An existing stream with a setting that cannot change (storage,
-            // replicas) is used as it is.
-            warn!(stream = %name, cause = %e, "could not create or update the rooms stream; using it as it is");
-        }
+        self.ensure_stream(&js, config).await;
         let mut rooms = self.run("get stream", js.get_stream(&name)).await?;
         let created = self.run("stream info", rooms.info()).await?.created;
         let epoch = epoch_of(created.unix_timestamp_nanos());
-        let buckets = match self.buckets(&js).await {
+        let buckets = match self.buckets(&js, replicas).await {
             Ok(b) => {
                 // A fresh JetStream cluster answers bucket creation before the
                 // bucket's stream has a leader; reads then get "no responders".
@@ -447,15 +529,16 @@ impl Link {
         })
     }
 
-    async fn buckets(&self, js: &jetstream::Context) -> Result<Buckets, BrokerError> {
+    async fn buckets(
+        &self,
+        js: &jetstream::Context,
+        replicas: usize,
+    ) -> Result<Buckets, BrokerError> {
         let n = &self.names;
         let s = &self.settings;
         let make = |bucket: String, max_age: Duration| {
-            let config = self.bucket_config(bucket, max_age);
-            async move {
-                self.run("create bucket", js.create_or_update_key_value(config))
-                    .await
-            }
+            let config = self.bucket_config(bucket, max_age, replicas);
+            self.ensure_bucket(js, config)
         };
         Ok(Buckets {
             nodes: make(n.nodes_bucket(), s.presence_ttl).await?,
@@ -601,6 +684,19 @@ async fn back_off(backoff: &mut Duration, shutdown: &mut watch::Receiver<bool>) 
     !*shutdown.borrow()
 }
 
+/// The replicas chosen when none are configured: 1 on a single server (more
+/// would be refused), [`CLUSTER_REPLICAS`] on a cluster. One replica on a
+/// cluster would live on one server chosen by JetStream, and while that server
+/// is down its stream or bucket answers nothing: publishes, history and
+/// presence would fail on every node, however many servers are up.
+fn auto_replicas(clustered: bool) -> usize {
+    if clustered {
+        CLUSTER_REPLICAS
+    } else {
+        1
+    }
+}
+
 /// Whether a server version (`2.10.4`) has the key-value support chatmesh needs.
 fn supports_kv(version: &str) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
@@ -610,6 +706,12 @@ fn supports_kv(version: &str) -> bool {
 
 #[cfg(test)]
 mod version_tests {
+    #[test]
+    fn replicated_only_on_a_cluster() {
+        assert_eq!(super::auto_replicas(false), 1);
+        assert_eq!(super::auto_replicas(true), super::CLUSTER_REPLICAS);
+    }
+
     #[test]
     fn kv_needs_2_10() {
         assert!(

@@ -39,7 +39,7 @@ fn connections(c: &NatsCluster) -> Vec<usize> {
 async fn attached(url: &str, settings: BrokerSettings) -> (NatsBroker, Receiver<BrokerEvent>) {
     let options = NatsOptions {
         storage: Storage::File,
-        replicas: 3,
+        replicas: Some(3),
     };
     let b = NatsBroker::with_options(url, settings, options).expect("valid url");
     let mut rx = b.take_events().expect("events");
@@ -189,4 +189,132 @@ async fn cluster_nodes_on_different_servers_form_one_chat_cluster() {
     c3.subscribe(&[Topic::Room("h".into())]).await.expect("sub");
     let p = b.publish_message(msg("h", "5"), None).await.expect("pub");
     assert_eq!(delivery(&mut rx_c).await.pos, p.pos);
+}
+
+/// `/jsz?streams=true` of each server: which servers hold a replica of
+/// `stream`, and the leader one of them reports (`c1`..`c3`).
+fn placement(c: &NatsCluster, stream: &str) -> (Vec<usize>, Option<String>) {
+    let needle = format!("\"name\":\"{stream}\"");
+    let mut holders = Vec::new();
+    let mut leader = None;
+    for (i, port) in c.monitor_ports().into_iter().enumerate() {
+        let body = http_get(port, "/jsz?streams=true")
+            .expect("jsz")
+            .replace([' ', '\n'], "");
+        let Some((_, after)) = body.split_once(&needle) else {
+            continue;
+        };
+        holders.push(i);
+        // This stream's own fields: its cluster info comes before its state.
+        let detail = after.split("\"state\":").next().unwrap_or(after);
+        if let Some(l) = detail
+            .split_once("\"leader\":\"")
+            .and_then(|(_, rest)| rest.split('"').next())
+        {
+            leader = Some(l.to_owned());
+        }
+    }
+    (holders, leader)
+}
+
+/// With default options on a 3-server cluster, the stream and every bucket
+/// get a replica on each server, so killing the server that leads the rooms
+/// stream leaves a node on another server publishing (after JetStream elects
+/// a new leader), with presence and heartbeats working too. With one replica
+/// the stream would live on one server only and answer nothing once it died.
+#[tokio::test]
+async fn default_replicas_survive_the_loss_of_the_stream_leader() {
+    let mut c = NatsCluster::start().expect("nats cluster starts");
+    let urls = c.urls();
+    let ns = ns("auto-replicas");
+    let (a, _rx_a) = node(&urls[0], settings(&ns, 3, TTL)).await;
+    a.publish_message(msg("r", "before"), None)
+        .await
+        .expect("pub");
+    let rooms = format!("chatmesh-{ns}-rooms");
+    for stream in [
+        rooms.clone(),
+        format!("KV_chatmesh-{ns}-nodes"),
+        format!("KV_chatmesh-{ns}-presence"),
+        format!("KV_chatmesh-{ns}-node-rooms"),
+        format!("KV_chatmesh-{ns}-dedupe"),
+    ] {
+        assert_eq!(
+            placement(&c, &stream).0,
+            [0, 1, 2],
+            "{stream} has a replica on every server"
+        );
+    }
+    let leader = placement(&c, &rooms)
+        .1
+        .expect("the rooms stream has a leader");
+    let dead: usize = leader
+        .trim_start_matches('c')
+        .parse::<usize>()
+        .expect("server name c1..c3")
+        - 1;
+    // A node on a server that survives.
+    let alive = (dead + 1) % 3;
+    let (b, _rx_b) = node(&urls[alive], settings(&ns, 3, TTL)).await;
+    drop(a);
+    c.kill(dead);
+    let killed = std::time::Instant::now();
+    let deadline = killed + Duration::from_secs(60);
+    let published = loop {
+        // A retry of a publish whose answer was lost must not store it twice.
+        let key = DedupeKey {
+            user: "u".into(),
+            cid: "after".into(),
+        };
+        match b.publish_message(msg("r", "after"), Some(key)).await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "publish refused for 60 s after the stream leader c{} died: {e}",
+                    dead + 1
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    eprintln!(
+        "stream leader {leader} killed; publish accepted after {:?}",
+        killed.elapsed()
+    );
+    assert!(published.pos.is_some(), "{published:?}");
+    // Reads, like writes, may be refused while the stream's other groups settle.
+    let h = loop {
+        match b.history("r", HistoryQuery::Latest { limit: 3 }).await {
+            Ok(h) => break h,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "history refused for 60 s after one server died: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let ids: Vec<_> = h.messages.iter().map(|(_, m)| m.id.as_str()).collect();
+    assert_eq!(ids, ["before", "after"], "history survives the server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let joined = b.presence_join("p", "u", "nb").await;
+        let beat = b
+            .heartbeat(&chatmesh_broker::NodeInfo {
+                id: "nb".into(),
+                ..Default::default()
+            })
+            .await;
+        if joined.is_ok() && beat.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "presence or heartbeat refused for 60 s after one server died: {joined:?} {beat:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(b.presence("p").await.expect("presence"), ["u"]);
 }

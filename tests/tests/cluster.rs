@@ -1014,8 +1014,10 @@ async fn nats_server_down(backend: Backend) {
     let mut ids = Vec::new();
     for (n, sender) in [0, 1, 0, 1].into_iter().enumerate() {
         let cid = format!("after-{n}");
-        // JetStream elects new stream leaders after a server dies; on a loaded
-        // 2-core machine that once took longer than 20 s.
+        // JetStream elects new leaders for the stream and buckets the dead
+        // server led (the node gives them 3 replicas on a cluster); that took
+        // up to ~8 s on a loaded 2-core machine. Refusals for longer than
+        // this mean a stream or bucket lost its only replica.
         let deadline = Instant::now() + Duration::from_secs(45);
         let ack = loop {
             let publisher = &mut members[sender];
