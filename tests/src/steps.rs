@@ -1,12 +1,13 @@
 //! Test steps shared by the suites in `tests/tests/`: short helpers that start a
-//! memory node, connect, join, send, read, wait for silence, publish and drain,
-//! and check error frames.
+//! memory node, connect, join (or recover with `since`), send, read, wait for
+//! silence, publish and drain, ask for presence, and check error frames.
 //!
 //! Each step wraps a [`Client`] (or [`Node`]) call and panics with a message naming
 //! what failed, so a test reads as a list of steps. They take a plain [`Client`],
 //! whichever way it was connected (one node or a cluster), so every suite can use
 //! them.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -46,6 +47,15 @@ pub async fn join(c: &mut Client, room: &str) -> Value {
         .unwrap_or_else(|e| panic!("joining {room}: {e:#}"))
 }
 
+/// Joins `room` with `since` (recovery) and returns the `joined` reply (which must
+/// be the next frame).
+pub async fn join_since(c: &mut Client, room: &str, since: &Value) -> Value {
+    send(c, json!({"type": "join", "room": room, "since": since})).await;
+    let joined = recv(c).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    joined
+}
+
 /// A `publish` frame for `room` with `body`.
 pub fn publish(room: &str, body: Value) -> Value {
     json!({"type": "publish", "room": room, "body": body})
@@ -61,6 +71,14 @@ pub async fn send(c: &mut Client, frame: Value) {
 /// The very next frame (strict).
 pub async fn recv(c: &mut Client) -> Value {
     c.recv().await.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The very next frame, which must arrive within `timeout`; fails with `what`
+/// (what the frame answers) and the reason.
+pub async fn recv_within(c: &mut Client, timeout: Duration, what: &str) -> Value {
+    c.recv_timeout(timeout)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"))
 }
 
 /// The next frame of type `ty`; frames of other types are discarded.
@@ -134,4 +152,38 @@ pub fn assert_error(frame: &Value, code: &str) {
         frame["message"].is_string(),
         "an error frame carries a message: {frame}"
     );
+}
+
+/// `value` as text: a JSON string as it is, anything else as JSON.
+pub fn text(value: &Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_owned)
+}
+
+/// The user names listed in `frame[field]` (`users`, `joins`, `leaves`); a
+/// non-string entry is kept as its JSON text, so it shows in a failed comparison.
+pub fn names(frame: &Value, field: &str) -> BTreeSet<String> {
+    frame[field]
+        .as_array()
+        .map(|a| a.iter().map(text).collect())
+        .unwrap_or_default()
+}
+
+/// A set of user names, to compare with [`names`] and [`presence`].
+pub fn set(users: &[&str]) -> BTreeSet<String> {
+    users.iter().map(|u| (*u).to_owned()).collect()
+}
+
+/// Asks for the presence of `room` and returns the users it lists; frames before
+/// the reply are discarded. The reply must name the room and echo the `ref`.
+pub async fn presence(c: &mut Client, room: &str) -> BTreeSet<String> {
+    send(c, json!({"type": "presence", "room": room, "ref": "pr"})).await;
+    let (reply, _) = c
+        .recv_until_collect("presence")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(reply["room"], room, "{reply}");
+    assert_eq!(reply["ref"], "pr", "{reply}");
+    names(&reply, "users")
 }

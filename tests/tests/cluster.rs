@@ -24,12 +24,14 @@ use std::time::Duration;
 
 use chatmesh_tests::client::Client;
 use chatmesh_tests::cluster::{Backend, Cluster};
+use chatmesh_tests::steps::{
+    assert_error, drain, join, join_since, names, ping, presence, publish, publish_one, recv,
+    recv_until, recv_within, send, set, silence, text, SILENCE,
+};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-/// How long "nothing arrives" is watched for.
-const SILENCE: Duration = Duration::from_millis(500);
 /// `presence.ttl_ms` of the presence-expiry test. Survivors must heartbeat
 /// within it, so it leaves room for a loaded 2-core CI machine running every
 /// suite at once (1.5 s once let a live node's heartbeat lapse there).
@@ -52,6 +54,30 @@ fn skip(backend: Backend, test: &str, why: &str) {
     eprintln!("SKIPPED {}::{test}: {why}", backend.name());
 }
 
+/// Starts a cluster for a test that needs a real broker and processes the suite
+/// owns (to kill, cut or inspect them). On the memory backend it skips with
+/// `why_not_memory` before starting anything; on a cluster whose processes the
+/// suite does not own it skips with `why_not_external`. `None` after a skip: the
+/// caller returns.
+async fn start_owned(
+    backend: Backend,
+    test: &str,
+    nodes: usize,
+    env: &[(&str, &str)],
+    [why_not_memory, why_not_external]: [&str; 2],
+) -> Option<Cluster> {
+    if backend == Backend::Memory {
+        skip(backend, test, why_not_memory);
+        return None;
+    }
+    let cluster = start_with(backend, nodes, env).await;
+    if !cluster.owns_processes() {
+        skip(backend, test, why_not_external);
+        return None;
+    }
+    Some(cluster)
+}
+
 /// A client of `user` on node `i` that ignores `presence_diff` frames.
 async fn client(cluster: &Cluster, i: usize, user: &str) -> Client {
     strict(cluster, i, user).await.ignoring(&["presence_diff"])
@@ -65,30 +91,34 @@ async fn strict(cluster: &Cluster, i: usize, user: &str) -> Client {
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-async fn join(c: &mut Client, room: &str) -> Value {
-    c.join(room)
-        .await
-        .unwrap_or_else(|e| panic!("joining {room}: {e:#}"))
+/// A [`client`] of `user` on node `i` that has joined `room`.
+async fn member(cluster: &Cluster, i: usize, user: &str, room: &str) -> Client {
+    let mut c = client(cluster, i, user).await;
+    join(&mut c, room).await;
+    c
 }
 
-fn publish(room: &str, body: Value) -> Value {
-    json!({"type": "publish", "room": room, "body": body})
+/// A [`strict`] client of `user` on node `i` that has joined `room`.
+async fn strict_member(cluster: &Cluster, i: usize, user: &str, room: &str) -> Client {
+    let mut c = strict(cluster, i, user).await;
+    join(&mut c, room).await;
+    c
 }
 
-async fn send(c: &mut Client, frame: Value) {
-    c.send(&frame)
-        .await
-        .unwrap_or_else(|e| panic!("sending {frame}: {e:#}"));
+/// alice on node 0 and bob on node 1, both members of `room`.
+async fn alice_and_bob(cluster: &Cluster, room: &str) -> (Client, Client) {
+    let a = member(cluster, 0, &cluster.user("alice"), room).await;
+    let b = member(cluster, 1, &cluster.user("bob"), room).await;
+    (a, b)
 }
 
-async fn recv(c: &mut Client) -> Value {
-    c.recv().await.unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-async fn silence(c: &mut Client) {
-    c.expect_silence(SILENCE)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+/// [`alice_and_bob`] once a message from alice has reached bob: the room works
+/// across nodes before a test breaks something.
+async fn alice_and_bob_talking(cluster: &Cluster, room: &str) -> (Client, Client) {
+    let (mut a, mut b) = alice_and_bob(cluster, room).await;
+    publish_one(&mut a, room, json!("before")).await;
+    drain(&mut b, 1, 0).await;
+    (a, b)
 }
 
 /// Silence on every client at once.
@@ -96,61 +126,47 @@ async fn silence_all(clients: &mut [Client]) {
     join_all(clients.iter_mut().map(silence)).await;
 }
 
-async fn ping(c: &mut Client) {
-    c.ping()
+/// Publishes `"during"` (ref `dur`) while the broker is (partly) down, `why`
+/// saying what is down: it must be refused with `unavailable` within 10 s.
+async fn publish_refused(c: &mut Client, room: &str, why: &str) {
+    send(
+        c,
+        json!({"type": "publish", "room": room, "body": "during", "ref": "dur"}),
+    )
+    .await;
+    let refused = recv_within(
+        c,
+        Duration::from_secs(10),
+        &format!("no answer to a publish while {why}"),
+    )
+    .await;
+    assert_error(&refused, "unavailable");
+    assert_eq!(refused["ref"], "dur", "{refused}");
+}
+
+/// Waits until `GET /ready` answers `status` on every node, each within `timeout`;
+/// `what` names the wait in the failure.
+async fn every_node_ready_status(cluster: &Cluster, status: u16, timeout: Duration, what: &str) {
+    for i in 0..cluster.len() {
+        Cluster::eventually(timeout, what, || async move {
+            Ok((cluster.ready_status(i).await? == status).then_some(()))
+        })
         .await
-        .unwrap_or_else(|e| panic!("the connection should still be open: {e:#}"));
-}
-
-/// Reads frames until `messages` `message` frames and `acks` `ack` frames have
-/// arrived; any other frame fails the test. Both lists in arrival order.
-async fn drain(c: &mut Client, messages: usize, acks: usize) -> (Vec<Value>, Vec<Value>) {
-    let (mut got_messages, mut got_acks) = (Vec::new(), Vec::new());
-    while got_messages.len() < messages || got_acks.len() < acks {
-        let frame = c.recv().await.unwrap_or_else(|e| {
-            panic!(
-                "waiting for {messages} messages and {acks} acks (have {} and {}): {e:#}",
-                got_messages.len(),
-                got_acks.len()
-            )
-        });
-        match frame["type"].as_str() {
-            Some("message") if got_messages.len() < messages => got_messages.push(frame),
-            Some("ack") if got_acks.len() < acks => got_acks.push(frame),
-            _ => panic!(
-                "{}: unexpected frame while waiting for {messages} messages and {acks} acks \
-                 (have {} and {}): {frame}",
-                c.user(),
-                got_messages.len(),
-                got_acks.len()
-            ),
-        }
+        .unwrap_or_else(|e| panic!("node {i}: {e:#}"));
     }
-    (got_messages, got_acks)
 }
 
-/// Publishes `body` and waits for the ack and the publisher's own copy.
-async fn publish_one(c: &mut Client, room: &str, body: Value) -> (Value, Value) {
-    send(c, publish(room, body)).await;
-    let (mut messages, mut acks) = drain(c, 1, 1).await;
-    let (message, ack) = (messages.remove(0), acks.remove(0));
-    assert_eq!(
-        message["id"], ack["id"],
-        "the publisher's copy has the acked id"
-    );
-    (ack, message)
+/// What `GET /ready` of node `i` answers, for a log line: the status or the error.
+async fn ready_text(cluster: &Cluster, i: usize) -> String {
+    cluster
+        .ready_status(i)
+        .await
+        .map_or_else(|e| e.to_string(), |s| s.to_string())
 }
 
-fn assert_error(frame: &Value, code: &str) {
-    assert_eq!(
-        frame["type"], "error",
-        "expected an error {code}, got {frame}"
-    );
-    assert_eq!(frame["code"], code, "wrong error code in {frame}");
-}
-
-fn text(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+/// The node ids `GET /api/v1/nodes` lists.
+fn listed_ids(nodes: &[Value]) -> BTreeSet<String> {
+    nodes.iter().map(|n| text(&n["id"])).collect()
 }
 
 /// `(id, pos)` of each message, in order.
@@ -181,27 +197,6 @@ async fn history(c: &mut Client, room: &str, limit: usize) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_else(|| panic!("history without messages: {reply}"))
-}
-
-fn names(frame: &Value, field: &str) -> BTreeSet<String> {
-    frame[field]
-        .as_array()
-        .map(|a| a.iter().map(text).collect())
-        .unwrap_or_default()
-}
-
-fn set(users: &[&str]) -> BTreeSet<String> {
-    users.iter().map(|u| (*u).to_owned()).collect()
-}
-
-async fn presence(c: &mut Client, room: &str) -> BTreeSet<String> {
-    send(c, json!({"type": "presence", "room": room, "ref": "pr"})).await;
-    let (reply, _) = c
-        .recv_until_collect("presence")
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(reply["room"], room, "{reply}");
-    names(&reply, "users")
 }
 
 /// The next `presence_diff` naming `user` (in joins or leaves) within `timeout`;
@@ -255,9 +250,7 @@ async fn cross_node_delivery_exactly_once(backend: Backend) {
     let room = cluster.room();
     let mut clients = Vec::new();
     for i in 0..6 {
-        let mut c = client(&cluster, i, &cluster.user(&format!("u{i}"))).await;
-        join(&mut c, &room).await;
-        clients.push(c);
+        clients.push(member(&cluster, i, &cluster.user(&format!("u{i}")), &room).await);
     }
     for (k, c) in clients.iter_mut().enumerate() {
         send(c, publish(&room, json!({"k": k}))).await;
@@ -303,12 +296,8 @@ async fn per_room_order_with_concurrent_publishers(backend: Backend) {
     let mut publishers = Vec::new();
     let mut readers = Vec::new();
     for i in 0..PUBLISHERS {
-        let mut p = client(&cluster, i, &cluster.user(&format!("p{i}"))).await;
-        join(&mut p, &room).await;
-        publishers.push(p);
-        let mut r = client(&cluster, i, &cluster.user(&format!("r{i}"))).await;
-        join(&mut r, &room).await;
-        readers.push(r);
+        publishers.push(member(&cluster, i, &cluster.user(&format!("p{i}")), &room).await);
+        readers.push(member(&cluster, i, &cluster.user(&format!("r{i}")), &room).await);
     }
     let total = PER * PUBLISHERS;
     let room_ref = &room;
@@ -409,10 +398,8 @@ async fn recovery_on_another_node(backend: Backend) {
     let cluster = start(backend, 2).await;
     let room = cluster.room();
     let alice = cluster.user("alice");
-    let mut publisher = client(&cluster, 1, &cluster.user("pub")).await;
-    join(&mut publisher, &room).await;
-    let mut a = client(&cluster, 0, &alice).await;
-    join(&mut a, &room).await;
+    let mut publisher = member(&cluster, 1, &cluster.user("pub"), &room).await;
+    let mut a = member(&cluster, 0, &alice, &room).await;
     publish_one(&mut publisher, &room, json!("seen")).await;
     let (seen, _) = drain(&mut a, 1, 0).await;
     let since = seen[0]["pos"].clone();
@@ -425,13 +412,7 @@ async fn recovery_on_another_node(backend: Backend) {
     }
 
     let mut a = client(&cluster, 1, &alice).await;
-    send(
-        &mut a,
-        json!({"type": "join", "room": room, "since": since}),
-    )
-    .await;
-    let joined = recv(&mut a).await;
-    assert_eq!(joined["type"], "joined", "{joined}");
+    let joined = join_since(&mut a, &room, &since).await;
     assert_eq!(
         joined["recovered"],
         true,
@@ -503,16 +484,13 @@ async fn presence_across_nodes(backend: Backend) {
         cluster.user("dave"),
     );
     let wait = Duration::from_secs(5);
-    let mut a = strict(&cluster, 0, &alice).await;
-    join(&mut a, &room).await;
-    let mut b = strict(&cluster, 1, &bob).await;
-    join(&mut b, &room).await;
+    let mut a = strict_member(&cluster, 0, &alice, &room).await;
+    let mut b = strict_member(&cluster, 1, &bob, &room).await;
     let diff = diff_about(&mut a, &bob, wait).await;
     assert_eq!(names(&diff, "joins"), set(&[&bob]), "{diff}");
     assert_eq!(diff["room"], room.as_str(), "{diff}");
 
-    let mut c = strict(&cluster, 2, &carol).await;
-    join(&mut c, &room).await;
+    let mut c = strict_member(&cluster, 2, &carol, &room).await;
     for observer in [&mut a, &mut b] {
         let diff = diff_about(observer, &carol, wait).await;
         assert_eq!(names(&diff, "joins"), set(&[&carol]), "{diff}");
@@ -528,21 +506,17 @@ async fn presence_across_nodes(backend: Backend) {
     }
 
     // dave on node 0, then also on node 1: one join.
-    let mut d0 = strict(&cluster, 0, &dave).await;
-    join(&mut d0, &room).await;
+    let mut d0 = strict_member(&cluster, 0, &dave, &room).await;
     for observer in [&mut a, &mut b, &mut c] {
         let diff = diff_about(observer, &dave, wait).await;
         assert_eq!(names(&diff, "joins"), set(&[&dave]), "{diff}");
     }
-    let mut d1 = strict(&cluster, 1, &dave).await;
-    join(&mut d1, &room).await;
+    let d1 = strict_member(&cluster, 1, &dave, &room).await;
     join_all([&mut a, &mut b, &mut c].map(|o| no_diff_about(o, &dave))).await;
 
     // dave leaves on node 0 but is still on node 1: no leave.
     send(&mut d0, json!({"type": "leave", "room": room})).await;
-    d0.recv_until("left")
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    recv_until(&mut d0, "left").await;
     join_all([&mut a, &mut b, &mut c].map(|o| no_diff_about(o, &dave))).await;
     assert!(
         presence(&mut c, &room).await.contains(&dave),
@@ -564,35 +538,30 @@ async fn presence_across_nodes(backend: Backend) {
 /// carol within 3 × TTL, and `GET /api/v1/nodes`, which listed every node with
 /// its connection count, no longer lists the dead one.
 async fn presence_of_a_killed_node_expires(backend: Backend) {
-    const TEST: &str = "presence_of_a_killed_node_expires";
-    if backend == Backend::Memory {
-        return skip(
-            backend,
-            TEST,
-            "one node only: killing it leaves nobody to observe the leave",
-        );
-    }
     let ttl = PRESENCE_TTL_MS.to_string();
-    let mut cluster = start_with(backend, 3, &[("CHATMESH_PRESENCE__TTL_MS", &ttl)]).await;
-    if !cluster.owns_processes() {
-        return skip(
-            backend,
-            TEST,
+    let Some(mut cluster) = start_owned(
+        backend,
+        "presence_of_a_killed_node_expires",
+        3,
+        &[("CHATMESH_PRESENCE__TTL_MS", &ttl)],
+        [
+            "one node only: killing it leaves nobody to observe the leave",
             "external nodes cannot be killed by the suite",
-        );
-    }
+        ],
+    )
+    .await
+    else {
+        return;
+    };
     let room = cluster.room();
     let (alice, bob, carol) = (
         cluster.user("alice"),
         cluster.user("bob"),
         cluster.user("carol"),
     );
-    let mut a = strict(&cluster, 0, &alice).await;
-    join(&mut a, &room).await;
-    let mut b = strict(&cluster, 1, &bob).await;
-    join(&mut b, &room).await;
-    let mut c = strict(&cluster, 2, &carol).await;
-    join(&mut c, &room).await;
+    let mut a = strict_member(&cluster, 0, &alice, &room).await;
+    let mut b = strict_member(&cluster, 1, &bob, &room).await;
+    let _c = strict_member(&cluster, 2, &carol, &room).await;
     for observer in [&mut a, &mut b] {
         diff_about(observer, &carol, Duration::from_secs(5)).await;
     }
@@ -606,7 +575,7 @@ async fn presence_of_a_killed_node_expires(backend: Backend) {
         let expected = &expected;
         async move {
             let nodes = cluster.nodes_listing(0).await?;
-            let listed: BTreeSet<String> = nodes.iter().map(|n| text(&n["id"])).collect();
+            let listed = listed_ids(&nodes);
             let counts_ok = nodes.iter().all(|n| n["connections"] == 1);
             if &listed == expected && counts_ok {
                 Ok(Some(()))
@@ -641,12 +610,7 @@ async fn presence_of_a_killed_node_expires(backend: Backend) {
         let cluster = &cluster;
         let alive = &alive;
         async move {
-            let listed: BTreeSet<String> = cluster
-                .nodes_listing(0)
-                .await?
-                .iter()
-                .map(|n| text(&n["id"]))
-                .collect();
+            let listed = listed_ids(&cluster.nodes_listing(0).await?);
             if &listed == alive {
                 Ok(Some(()))
             } else {
@@ -721,18 +685,20 @@ async fn typing_and_read_relayed_across_nodes(backend: Backend) {
 /// Two nodes with different namespaces on one broker, same room and user names:
 /// nothing crosses.
 async fn namespace_isolation(backend: Backend) {
-    const TEST: &str = "namespace_isolation";
-    if backend == Backend::Memory {
-        return skip(
-            backend,
-            TEST,
+    let Some(mut cluster) = start_owned(
+        backend,
+        "namespace_isolation",
+        1,
+        &[],
+        [
             "the memory broker lives inside one process: two memory nodes share no broker",
-        );
-    }
-    let mut cluster = start(backend, 1).await;
-    if !cluster.owns_processes() {
-        return skip(backend, TEST, "external nodes' namespaces are fixed");
-    }
+            "external nodes' namespaces are fixed",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
     let other_ns = format!("{}-other", cluster.namespace());
     let other = cluster
         .add_node_in_namespace(&other_ns)
@@ -740,10 +706,8 @@ async fn namespace_isolation(backend: Backend) {
         .unwrap_or_else(|e| panic!("{e:#}"));
     let room = cluster.room();
     let x_user = cluster.user("x");
-    let mut x = client(&cluster, 0, &x_user).await;
-    let mut y = client(&cluster, other, &cluster.user("y")).await;
-    join(&mut x, &room).await;
-    join(&mut y, &room).await;
+    let mut x = member(&cluster, 0, &x_user, &room).await;
+    let mut y = member(&cluster, other, &cluster.user("y"), &room).await;
     publish_one(&mut x, &room, json!("from-first")).await;
     silence(&mut y).await;
     publish_one(&mut y, &room, json!("from-second")).await;
@@ -775,13 +739,12 @@ async fn namespace_isolation(backend: Backend) {
     assert_eq!(recv(&mut s0).await["type"], "direct");
     silence(&mut s1).await;
 
-    let listed: BTreeSet<String> = cluster
-        .nodes_listing(0)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"))
-        .iter()
-        .map(|n| text(&n["id"]))
-        .collect();
+    let listed = listed_ids(
+        &cluster
+            .nodes_listing(0)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}")),
+    );
     assert!(
         !listed.contains(&cluster.node_id(other)),
         "/api/v1/nodes of one namespace lists a node of another: {listed:?}"
@@ -847,40 +810,24 @@ async fn broker_down_and_back(backend: Backend) {
         return skip(backend, TEST, "the suite does not own the broker process");
     }
     let room = cluster.room();
-    let mut a = client(&cluster, 0, &cluster.user("alice")).await;
-    let mut b = client(&cluster, 1, &cluster.user("bob")).await;
-    join(&mut a, &room).await;
-    join(&mut b, &room).await;
-    publish_one(&mut a, &room, json!("before")).await;
-    drain(&mut b, 1, 0).await;
+    let (mut a, mut b) = alice_and_bob_talking(&cluster, &room).await;
 
     cluster.kill_broker().expect("killing the broker");
     let killed = Instant::now();
-    for i in 0..cluster.len() {
-        Cluster::eventually(Duration::from_secs(10), "GET /ready answers 503", || {
-            let cluster = &cluster;
-            async move { Ok((cluster.ready_status(i).await? == 503).then_some(())) }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("node {i}: {e:#}"));
-    }
+    every_node_ready_status(
+        &cluster,
+        503,
+        Duration::from_secs(10),
+        "GET /ready answers 503",
+    )
+    .await;
     eprintln!(
         "{}: every node not ready {:?} after the broker was killed",
         backend.name(),
         killed.elapsed()
     );
 
-    send(
-        &mut a,
-        json!({"type": "publish", "room": room, "body": "during", "ref": "dur"}),
-    )
-    .await;
-    let refused = a
-        .recv_timeout(Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("no answer to a publish while the broker is down: {e:#}"));
-    assert_error(&refused, "unavailable");
-    assert_eq!(refused["ref"], "dur", "{refused}");
+    publish_refused(&mut a, &room, "the broker is down").await;
     let (status, body) = cluster
         .post(
             1,
@@ -896,18 +843,13 @@ async fn broker_down_and_back(backend: Backend) {
 
     cluster.restart_broker().expect("restarting the broker");
     let restarted = Instant::now();
-    for i in 0..cluster.len() {
-        Cluster::eventually(
-            Duration::from_secs(20),
-            "GET /ready answers 200 again",
-            || {
-                let cluster = &cluster;
-                async move { Ok((cluster.ready_status(i).await? == 200).then_some(())) }
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("node {i}: {e:#}"));
-    }
+    every_node_ready_status(
+        &cluster,
+        200,
+        Duration::from_secs(20),
+        "GET /ready answers 200 again",
+    )
+    .await;
     let ready_after = restarted.elapsed();
     let (ack, _) = publish_one(&mut a, &room, json!("after")).await;
     let (got, _) = drain(&mut b, 1, 0).await;
@@ -945,12 +887,7 @@ async fn broker_down_and_back(backend: Backend) {
 async fn cluster_master_down(backend: Backend) {
     let mut cluster = start(backend, 2).await;
     let room = cluster.room();
-    let mut a = client(&cluster, 0, &cluster.user("alice")).await;
-    let mut b = client(&cluster, 1, &cluster.user("bob")).await;
-    join(&mut a, &room).await;
-    join(&mut b, &room).await;
-    publish_one(&mut a, &room, json!("before")).await;
-    drain(&mut b, 1, 0).await;
+    let (mut a, mut b) = alice_and_bob_talking(&cluster, &room).await;
 
     // The room's keys share the hash tag `{<namespace>:r:<room>}` (broker-redis docs).
     let key = format!("{{{}:r:{room}}}:log", cluster.namespace());
@@ -958,30 +895,14 @@ async fn cluster_master_down(backend: Backend) {
         .kill_cluster_master_owning(&key)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let killed = Instant::now();
-    send(
-        &mut a,
-        json!({"type": "publish", "room": room, "body": "during", "ref": "dur"}),
-    )
-    .await;
-    let refused = a
-        .recv_timeout(Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("no answer to a publish while its master is down: {e:#}"));
-    assert_error(&refused, "unavailable");
-    assert_eq!(refused["ref"], "dur", "{refused}");
+    publish_refused(&mut a, &room, "its master is down").await;
     eprintln!(
         "{}: master :{port} of the room killed; publish refused with unavailable after {:?}; \
          /ready is {} on node 0 and {} on node 1",
         backend.name(),
         killed.elapsed(),
-        cluster
-            .ready_status(0)
-            .await
-            .map_or_else(|e| e.to_string(), |s| s.to_string()),
-        cluster
-            .ready_status(1)
-            .await
-            .map_or_else(|e| e.to_string(), |s| s.to_string()),
+        ready_text(&cluster, 0).await,
+        ready_text(&cluster, 1).await,
     );
     ping(&mut a).await;
     ping(&mut b).await;
@@ -996,14 +917,8 @@ async fn cluster_master_down(backend: Backend) {
 async fn nats_server_down(backend: Backend) {
     let mut cluster = start(backend, 2).await;
     let room = cluster.room();
-    let a = client(&cluster, 0, &cluster.user("alice")).await;
-    let b = client(&cluster, 1, &cluster.user("bob")).await;
+    let (a, b) = alice_and_bob_talking(&cluster, &room).await;
     let mut members = [a, b];
-    for m in members.iter_mut() {
-        join(m, &room).await;
-    }
-    publish_one(&mut members[0], &room, json!("before")).await;
-    drain(&mut members[1], 1, 0).await;
 
     cluster
         .kill_nats_server(2)
@@ -1027,10 +942,12 @@ async fn nats_server_down(backend: Backend) {
             )
             .await;
             let answer = loop {
-                let frame = publisher
-                    .recv_timeout(Duration::from_secs(10))
-                    .await
-                    .unwrap_or_else(|e| panic!("publish {n} after the kill: {e:#}"));
+                let frame = recv_within(
+                    publisher,
+                    Duration::from_secs(10),
+                    &format!("publish {n} after the kill"),
+                )
+                .await;
                 if frame["type"] == "message" {
                     seen[sender].push(frame["id"].clone());
                 } else {
@@ -1072,14 +989,20 @@ async fn nats_server_down(backend: Backend) {
 /// The node's broker connections do not grow with its clients: the same count
 /// (per server / cluster master) with 1 client as with 200 clients in 50 rooms.
 async fn broker_connections_constant(backend: Backend) {
-    const TEST: &str = "broker_connections_constant";
-    if backend == Backend::Memory {
-        return skip(backend, TEST, "the memory broker has no connections");
-    }
-    let cluster = start(backend, 1).await;
-    if !cluster.owns_processes() {
-        return skip(backend, TEST, "the suite cannot inspect an external broker");
-    }
+    let Some(cluster) = start_owned(
+        backend,
+        "broker_connections_constant",
+        1,
+        &[],
+        [
+            "the memory broker has no connections",
+            "the suite cannot inspect an external broker",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
     let settled = || async {
         let mut last = None;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1101,8 +1024,7 @@ async fn broker_connections_constant(backend: Backend) {
         }
     };
     let room = cluster.room();
-    let mut one = client(&cluster, 0, &cluster.user("one")).await;
-    join(&mut one, &room).await;
+    let mut one = member(&cluster, 0, &cluster.user("one"), &room).await;
     publish_one(&mut one, &room, json!("hi")).await;
     let with_one = settled().await;
 
@@ -1111,11 +1033,7 @@ async fn broker_connections_constant(backend: Backend) {
     for batch in 0..4 {
         let connecting = (0..50).map(|k| {
             let (cluster, room) = (&cluster, &rooms[k]);
-            async move {
-                let mut c = client(cluster, 0, &cluster.user(&format!("m{batch}-{k}"))).await;
-                join(&mut c, room).await;
-                c
-            }
+            async move { member(cluster, 0, &cluster.user(&format!("m{batch}-{k}")), room).await }
         });
         many.extend(join_all(connecting).await);
     }
@@ -1148,9 +1066,7 @@ async fn http_publish_reaches_every_node(backend: Backend) {
     let room = cluster.room();
     let mut members = Vec::new();
     for i in 0..3 {
-        let mut c = client(&cluster, i, &cluster.user(&format!("m{i}"))).await;
-        join(&mut c, &room).await;
-        members.push(c);
+        members.push(member(&cluster, i, &cluster.user(&format!("m{i}")), &room).await);
     }
     for i in 0..cluster.len() {
         let (status, body) = cluster
@@ -1184,18 +1100,22 @@ async fn http_publish_reaches_every_node(backend: Backend) {
 /// once and in order — the node catches up from history after reconnecting.
 async fn a_node_whose_link_drops_misses_nothing(backend: Backend) {
     const TEST: &str = "a_node_whose_link_drops_misses_nothing";
-    if backend == Backend::Memory {
-        return skip(backend, TEST, "the memory broker has no link to drop");
-    }
-    let cluster = start(backend, 2).await;
-    if !cluster.owns_processes() {
-        return skip(backend, TEST, "the suite does not own the processes");
-    }
+    let Some(cluster) = start_owned(
+        backend,
+        TEST,
+        2,
+        &[],
+        [
+            "the memory broker has no link to drop",
+            "the suite does not own the processes",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
     let room = cluster.room();
-    let mut alice = client(&cluster, 0, &cluster.user("alice")).await;
-    let mut bob = client(&cluster, 1, &cluster.user("bob")).await;
-    join(&mut alice, &room).await;
-    join(&mut bob, &room).await;
+    let (mut alice, mut bob) = alice_and_bob(&cluster, &room).await;
     const COUNT: usize = 400;
     let mut acked = Vec::new();
     let mut cut = None;
