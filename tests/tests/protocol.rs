@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use chatmesh_tests::client::Client;
 use chatmesh_tests::node::{Node, NodeBuilder};
 use chatmesh_tests::steps::{
-    assert_error, client, drain, join, ping, publish, publish_one, recv, recv_until, room, send,
-    silence, start_node_with, SILENCE,
+    assert_error, client, drain, join, join_since, names, ping, presence, publish, publish_one,
+    recv, recv_until, room, send, set, silence, start_node_with, SILENCE,
 };
 use serde_json::{json, Value};
 
@@ -434,14 +434,6 @@ async fn cid_dedupes_retries_of_the_same_user() {
 
 // ---------------------------------------------------------------- recovery
 
-/// Sends `join` with `since` and requires `joined` as the very next frame.
-async fn join_since(c: &mut Client, room: &str, since: &Value) -> Value {
-    send(c, json!({"type": "join", "room": room, "since": since})).await;
-    let joined = recv(c).await;
-    assert_eq!(joined["type"], "joined", "{joined}");
-    joined
-}
-
 #[tokio::test]
 async fn recovery_replays_missed_messages_before_live_ones() {
     let (node, room, mut alice, mut bob) = alice_and_bob_in_a_room().await;
@@ -788,32 +780,6 @@ async fn diff_about(c: &mut Client, user: &str) -> Value {
             return frame;
         }
     }
-}
-
-fn names(frame: &Value, key: &str) -> BTreeSet<String> {
-    frame[key]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn presence(c: &mut Client, room: &str) -> BTreeSet<String> {
-    send(c, json!({"type": "presence", "room": room, "ref": "pr"})).await;
-    let (reply, _) = c
-        .recv_until_collect("presence")
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(reply["room"], room, "{reply}");
-    assert_eq!(reply["ref"], "pr", "{reply}");
-    names(&reply, "users")
-}
-
-fn set(users: &[&str]) -> BTreeSet<String> {
-    users.iter().map(|u| (*u).to_owned()).collect()
 }
 
 #[tokio::test]
