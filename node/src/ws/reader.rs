@@ -147,13 +147,15 @@ impl Stream for Reader {
                 return Poll::Ready(None);
             }
             let decoded = match this.codec.decode(&mut this.buf) {
-                Ok(Some(frame)) => this.message(frame),
+                Ok(Some(frame)) => this.message(frame).map(Some),
                 Ok(None) => Ok(None),
                 Err(ProtocolError::Overflow) => Err(ReadError::TooLarge),
                 Err(e) => Err(ReadError::Protocol(e.to_string())),
             };
             match decoded {
-                Ok(Some(msg)) => return Poll::Ready(Some(Ok(msg))),
+                Ok(Some(Some(msg))) => return Poll::Ready(Some(Ok(msg))),
+                // A fragment was taken: the next frame may already be buffered.
+                Ok(Some(None)) => continue,
                 Ok(None) => {}
                 Err(e) => {
                     this.done = true;
