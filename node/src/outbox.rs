@@ -320,6 +320,53 @@ mod tests {
         assert_eq!(q.close.as_ref().map(|c| c.0), Some(1013));
     }
 
+    /// Frames queued before the writer runs go out framed, in order, in one
+    /// batch; a close follows them and the writer then sends FIN.
+    #[tokio::test]
+    async fn the_writer_frames_the_queue_in_order_then_closes() {
+        use tokio::io::AsyncReadExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        let mut client = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connecting");
+        let (server, _) = listener.accept().await.expect("accepting");
+        let (_read, write) = server.into_split();
+
+        let outbox = Outbox::new(1 << 20);
+        for body in ["one", "two", &"x".repeat(300)] {
+            assert_eq!(outbox.send(text(body)), Ok(()));
+        }
+        outbox.ping(Bytes::from_static(b"p"));
+        let writer = tokio::spawn(outbox.writer(write));
+        // One batch: control frames jump ahead of text frames.
+        let mut expected = Vec::new();
+        frame::encode(&mut expected, OpCode::Ping, b"p");
+        frame::encode(&mut expected, OpCode::Text, b"one");
+        frame::encode(&mut expected, OpCode::Text, b"two");
+        frame::encode(&mut expected, OpCode::Text, "x".repeat(300).as_bytes());
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            let mut chunk = [0u8; 1024];
+            let n = client.read(&mut chunk).await.expect("reading");
+            assert!(n > 0, "EOF before the queued frames: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(got, expected);
+
+        outbox.close(1012, "restart");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.expect("reading to FIN");
+        let mut close = Vec::new();
+        frame::close(&mut close, 1012, "restart");
+        assert_eq!(rest, close);
+        writer.await.expect("the writer ends");
+        assert_eq!(outbox.send(text("late")), Err(SendError::Closed));
+    }
+
     #[test]
     fn only_the_first_close_counts() {
         let outbox = Outbox::new(10);
