@@ -8,6 +8,7 @@ use actix::Addr;
 use chatmesh_broker::Broker;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::limiter::KeyedBuckets;
@@ -33,6 +34,8 @@ pub struct NodeContext {
     pub metrics: Option<PrometheusHandle>,
     /// Publish limits of the HTTP API, per sender.
     pub http_limits: KeyedBuckets,
+    /// Live rooms and their presence updates in flight; the drain waits for it.
+    pub tasks: TaskTracker,
 }
 
 impl NodeContext {

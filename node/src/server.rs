@@ -16,6 +16,7 @@ use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use crate::actors::bridge::{ClusterBridge, OfferArbiter};
 use crate::actors::room::RoomSettings;
@@ -59,12 +60,14 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
     let connections = Arc::new(AtomicU64::new(0));
     let counter = connections.clone();
     let heartbeat = (config.presence_ttl() / 3).max(Duration::from_millis(100));
+    let tasks = TaskTracker::new();
     let bridge = ClusterBridge::new(
         broker.clone(),
         &config.node.id,
         RoomSettings {
             subscribe_timeout: Duration::from_secs(5),
             outbound_bytes: config.limits.outbound_bytes,
+            tasks: tasks.clone(),
         },
         heartbeat,
         started_ms,
@@ -82,6 +85,7 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         auth,
         metrics,
         http_limits: KeyedBuckets::new(config.limits.publish_per_sec, config.limits.publish_burst),
+        tasks,
         config: config.clone(),
     });
     let shared = ctx.clone();
@@ -159,5 +163,18 @@ async fn drain_clients(ctx: &NodeContext) {
     let left = ctx.connections.load(Ordering::Acquire);
     if left > 0 {
         tracing::warn!(connections = left, "drain timeout; closing the rest");
+    }
+    // Rooms run on the HTTP workers, which stop next: let them take their
+    // users out of presence first, or other nodes would show them until the
+    // presence TTL runs out.
+    ctx.tasks.close();
+    if tokio::time::timeout_at(deadline.into(), ctx.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            pending = ctx.tasks.len(),
+            "drain timeout; some presence leaves were not written"
+        );
     }
 }

@@ -456,6 +456,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// Stops node `i` with SIGTERM (graceful drain). Not in external mode.
+    pub fn terminate_node(&self, i: usize) -> Result<()> {
+        let index = self.index(i);
+        self.members[index]
+            .process
+            .as_ref()
+            .ok_or_else(|| anyhow!("node {index} is external: the suite cannot stop it"))?
+            .terminate()
+    }
+
     /// Whether the broker can be killed and restarted by [`Cluster::kill_broker`]
     /// (one Redis server or one NATS server).
     pub fn can_restart_broker(&self) -> bool {

@@ -639,6 +639,44 @@ async fn presence_of_a_killed_node_expires(backend: Backend) {
     }
 }
 
+/// A node stopped with SIGTERM takes its users out of presence as it drains:
+/// members elsewhere see them leave at once, not after the presence TTL.
+async fn a_stopped_node_leaves_presence_at_once(backend: Backend) {
+    let Some(cluster) = start_owned(
+        backend,
+        "a_stopped_node_leaves_presence_at_once",
+        2,
+        &[],
+        [
+            "one node only: stopping it leaves nobody to observe the leave",
+            "external nodes cannot be stopped by the suite",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let room = cluster.room();
+    let (alice, bob) = (cluster.user("alice"), cluster.user("bob"));
+    let mut a = strict_member(&cluster, 0, &alice, &room).await;
+    let mut b = strict_member(&cluster, 1, &bob, &room).await;
+    diff_about(&mut a, &bob, Duration::from_secs(5)).await;
+    assert_eq!(presence(&mut b, &room).await, set(&[&alice, &bob]));
+
+    cluster.terminate_node(0).expect("SIGTERM to node 0");
+    let stopped = Instant::now();
+    // The default TTL is 30 s: a leave within 5 s is the drain's, not the TTL's.
+    let diff = diff_about(&mut b, &alice, Duration::from_secs(5)).await;
+    assert_eq!(names(&diff, "leaves"), set(&[&alice]), "{diff}");
+    eprintln!(
+        "{}: bob saw alice leave {:?} after node 0 got SIGTERM",
+        backend.name(),
+        stopped.elapsed()
+    );
+    assert_eq!(presence(&mut b, &room).await, set(&[&bob]));
+    drop(a);
+}
+
 // ---------------------------------------------------------------- 7. signals
 
 /// `typing` and `read` reach members on other nodes and are not echoed.
@@ -1177,6 +1215,7 @@ macro_rules! cluster_suite {
                 directs_reach_every_device,
                 presence_across_nodes,
                 presence_of_a_killed_node_expires,
+                a_stopped_node_leaves_presence_at_once,
                 typing_and_read_relayed_across_nodes,
                 namespace_isolation,
                 device_takeover_across_nodes,

@@ -20,6 +20,8 @@ use actix::prelude::*;
 use chatmesh_broker::{Broker, BrokerError, Delivery, Envelope, HistoryQuery, Pos, SignalKind};
 use serde_json::Value;
 
+use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
+
 use super::subscriptions::Ready;
 use crate::ids::ConnId;
 use crate::outbox::Outbox;
@@ -34,6 +36,9 @@ pub struct RoomSettings {
     /// `limits.outbound_bytes`: also bounds what a joining member may have
     /// buffered while its history is read.
     pub outbound_bytes: usize,
+    /// Counts every live room and its presence updates still in flight, so a
+    /// draining node can wait for its users to leave presence before it exits.
+    pub tasks: TaskTracker,
 }
 
 enum State {
@@ -65,6 +70,8 @@ pub struct Room {
     node_id: Arc<str>,
     ready: Ready,
     settings: RoomSettings,
+    /// Held for the room's life: see [`RoomSettings::tasks`].
+    _alive: TaskTrackerToken,
     members: HashMap<ConnId, Member>,
     /// Local connections per user, to tell the broker about a user's first and last.
     users: HashMap<Arc<str>, usize>,
@@ -102,6 +109,7 @@ impl Room {
             broker,
             node_id,
             ready,
+            _alive: settings.tasks.token(),
             settings,
             members: HashMap::new(),
             users: HashMap::new(),
@@ -135,7 +143,7 @@ impl Room {
                 self.node_id.clone(),
                 member.user,
             );
-            tokio::spawn(async move {
+            self.settings.tasks.spawn(async move {
                 if let Err(e) = broker.presence_leave(&room, &user, &node).await {
                     tracing::warn!(room = %room, user = %user, cause = %e, "presence leave failed");
                 }
