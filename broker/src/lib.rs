@@ -16,9 +16,13 @@
 //! - [`memory`]: [`MemoryBroker`], the embedded in-process broker for one node.
 //! - [`settings`]: [`BrokerSettings`], what every broker is configured with.
 //! - [`dedupe`]: the `cid` dedupe window shared by brokers that keep it in process.
+//! - `conformance` (feature `conformance`): the checks every networked broker's
+//!   integration tests run against its real server.
 
 pub mod broker;
 pub mod codec;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod dedupe;
 pub mod envelope;
 pub mod error;
