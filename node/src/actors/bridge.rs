@@ -72,17 +72,22 @@ impl ClusterBridge {
     }
 
     fn arbiter(&mut self) -> ArbiterHandle {
-        // A worker that died (actix-server restarts panicked workers on new
-        // threads) leaves a handle that accepts nothing: drop it.
-        self.arbiters.retain(|a| a.spawn(async {}));
-        if self.arbiters.is_empty() {
-            // No HTTP worker has offered its thread (a node without a server,
-            // as in tests): a pool of our own, one thread per core.
-            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            self.arbiters = (0..cores).map(|_| Arbiter::new().handle()).collect();
+        loop {
+            if self.arbiters.is_empty() {
+                // No HTTP worker has offered its thread (a node without a server,
+                // as in tests): a pool of our own, one thread per core.
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                self.arbiters = (0..cores).map(|_| Arbiter::new().handle()).collect();
+            }
+            self.next_arbiter = (self.next_arbiter + 1) % self.arbiters.len();
+            let picked = &self.arbiters[self.next_arbiter];
+            // A worker that died (actix-server restarts panicked workers on new
+            // threads) leaves a handle that accepts nothing: drop it and pick again.
+            if picked.spawn(async {}) {
+                return picked.clone();
+            }
+            self.arbiters.remove(self.next_arbiter);
         }
-        self.next_arbiter = (self.next_arbiter + 1) % self.arbiters.len();
-        self.arbiters[self.next_arbiter].clone()
     }
 
     fn release_room(&mut self, name: &str, conn: ConnId) {
