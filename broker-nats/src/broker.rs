@@ -192,7 +192,7 @@ impl Inner {
     }
 }
 
-/// How long interest in a new subject takes to reach every server of a NATS
+/// How long interest in a new subject may take to reach every server of a NATS
 /// cluster (routes gossip it; on loopback it takes a few milliseconds).
 const SUBSCRIBE_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
 
@@ -202,10 +202,18 @@ impl Broker for NatsBroker {
         "nats"
     }
 
-    /// Routed servers learn of a new subscription asynchronously; the stream
-    /// leader may republish to a server that does not know it yet.
+    /// Zero on a single server: `subscribe` ends with a round trip, so the
+    /// server knows the interest. On a cluster, stored room messages are
+    /// covered too (`subscribe` probes the rooms stream's leader, the one
+    /// server that republishes them), but core traffic — directs, takeovers,
+    /// presence changes, signals — is published on whichever server the
+    /// sender uses, and routes gossip interest to those asynchronously.
     fn subscribe_settle(&self) -> std::time::Duration {
-        SUBSCRIBE_SETTLE
+        if self.inner.link.is_clustered() {
+            SUBSCRIBE_SETTLE
+        } else {
+            std::time::Duration::ZERO
+        }
     }
 
     fn take_events(&self) -> Option<mpsc::Receiver<BrokerEvent>> {

@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 
 use async_nats::jetstream::consumer::{push, DeliverPolicy, ReplayPolicy};
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use chatmesh_broker::{codec, BrokerError, Envelope, History, HistoryQuery, Pos, RoomMessage};
 use futures_util::StreamExt;
 use tracing::warn;
@@ -26,12 +26,26 @@ use crate::error::{timed_out, unavailable};
 use crate::link::{Link, Session, REQUEST_TIMEOUT};
 
 /// The newest sequence of a room, `None` for a room without history.
+///
+/// On a cluster it asks the stream's leader: a direct get may be answered by a
+/// replica that has not applied the newest messages yet, and a join that took
+/// a stale newest position for its `joined` would never get a message stored
+/// before its subscription reached the leader.
 pub(crate) async fn latest_seq(
     link: &Link,
     session: &Session,
     room: &str,
 ) -> Result<Option<u64>, BrokerError> {
     let subject = link.names.stored(room);
+    if session.clustered {
+        let get = session.rooms.get_last_raw_message_by_subject(&subject);
+        return match tokio::time::timeout(REQUEST_TIMEOUT, get).await {
+            Ok(Ok(msg)) => Ok(Some(msg.sequence)),
+            Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Ok(Err(e)) => Err(unavailable("history", e)),
+            Err(_) => Err(timed_out("history")),
+        };
+    }
     let get = session.rooms.direct_get_last_for_subject(subject);
     match tokio::time::timeout(REQUEST_TIMEOUT, get).await {
         Ok(Ok(msg)) => Ok(Some(msg.sequence)),

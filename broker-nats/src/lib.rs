@@ -47,6 +47,7 @@
 //! | `<ns>.room.<room>.eph` | subject, core | presence changes, typing and read signals of the room |
 //! | `<ns>.user.<user>` | subject, core | a user's directs and device takeovers |
 //! | `<ns>.ping` | subject | never subscribed: a request to it ("no responders") is a round trip that proves subscriptions reached the server |
+//! | `<ns>.in._probe` | subject of the rooms stream | on a NATS cluster, a JetStream publish with an impossible `Nats-Expected-Last-Subject-Sequence`, which the stream's leader refuses (nothing is stored): its answer proves the leader knows every subscription made before it (see *New subscriptions*) |
 //! | `chatmesh-<ns>-rooms` | stream | subjects `<ns>.in.*`; limits retention, discard old, `max_msgs_per_subject = history.size + 1`, `duplicate_window = dedupe window`, `allow_direct`, RePublish `<ns>.in.*` → `<ns>.room.{{wildcard(1)}}.msg`; file storage by default; 3 replicas on a cluster ([`NatsOptions`]) |
 //! | `chatmesh-<ns>-presence` | KV bucket, history 1 | key `<room>`: lines `<user> <node>` (escaped), changed only by compare-and-set |
 //! | `chatmesh-<ns>-nodes` | KV bucket, history 1, `max_age = presence.ttl` | key `<node>`: `<connections> <rooms> <users> <started>`, written by each heartbeat |
@@ -95,6 +96,25 @@
 //!   server's clock); a survivor's heartbeat sweeps a dead node's entries and
 //!   publishes the leaves, so a crashed node's users leave within the TTL plus
 //!   one heartbeat of a live node.
+//!
+//! # New subscriptions
+//! A node must get every room message stored after a join read the room's
+//! newest position, with no timer. On one server, `subscribe` ends with a
+//! round trip (`<ns>.ping`), after which the server knows the interest. On a
+//! cluster the stored messages are republished by the rooms stream's leader,
+//! which may be another server that learns of the interest over a route: so
+//! `subscribe` (and every resubscription after a reconnect) also sends the
+//! `<ns>.in._probe` publish. It travels to the leader on the same route
+//! connection as the interest, after it (one account's traffic keeps to one
+//! route connection, in order), so the leader's refusal proves it knew the
+//! interest before it stored anything later. The newest position a join reads
+//! then comes from the leader too (a direct get may be answered by a replica
+//! that lags). Core traffic (directs, takeovers, presence changes, signals) is
+//! published on whichever server its sender uses; a probe cannot reach all of
+//! them, so on a cluster a user's first connection on a node waits
+//! [`Broker::subscribe_settle`](chatmesh_broker::Broker::subscribe_settle)
+//! (300 ms) before the node answers its upgrade; that traffic is at most once
+//! anyway.
 //!
 //! # Connections and faults
 //! One client connection per node (see the `link` module), whatever the number

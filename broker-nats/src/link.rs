@@ -33,6 +33,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use std::future::IntoFuture;
+
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::{Client, ClientError, ConnectOptions, Event};
 use chatmesh_broker::{codec, BrokerError, BrokerEvent, BrokerSettings, Delivery, Pos, Topic};
@@ -77,6 +80,10 @@ pub(crate) struct Session {
     pub(crate) rooms: stream::Stream,
     /// The rooms stream's epoch (from its creation time).
     pub(crate) epoch: u64,
+    /// The server is one of a NATS cluster: interest in a new subscription
+    /// reaches the other servers asynchronously, and a direct get may be
+    /// answered by a stream replica that lags behind the leader.
+    pub(crate) clustered: bool,
     /// `None` when the server could not create the buckets (NATS 2.9).
     buckets: Option<Buckets>,
 }
@@ -120,6 +127,8 @@ pub(crate) struct Link {
     subs: Mutex<Subs>,
     /// The epoch stamped on live deliveries.
     epoch: AtomicU64,
+    /// Whether the current (or last) session's server is in a NATS cluster.
+    clustered: AtomicBool,
     connected: AtomicBool,
     closed: AtomicBool,
     shutdown: watch::Sender<bool>,
@@ -141,11 +150,17 @@ impl Link {
             session: RwLock::new(None),
             subs: Mutex::new(Subs::default()),
             epoch: AtomicU64::new(0),
+            clustered: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             shutdown: watch::Sender::new(false),
             events,
         }
+    }
+
+    /// Whether the link's server is one of a NATS cluster.
+    pub(crate) fn is_clustered(&self) -> bool {
+        self.clustered.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_connected(&self) -> bool {
@@ -206,7 +221,8 @@ impl Link {
     }
 
     /// Subscribes to the topics not yet held, then proves the subscriptions
-    /// reached the server with a round trip.
+    /// reached the server with a round trip (and, on a cluster, the rooms
+    /// stream's leader: [`Link::prove_interest`]).
     pub(crate) async fn subscribe(self: &Arc<Self>, topics: &[Topic]) -> Result<(), BrokerError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(BrokerError::Closed);
@@ -225,7 +241,7 @@ impl Link {
         for topic in &new {
             started.push((topic.clone(), self.forward(&session.client, topic).await?));
         }
-        self.round_trip(&session).await?;
+        self.prove_interest(&session, &new).await?;
         for (topic, fwd) in started {
             subs.forwarders.insert(topic, fwd);
         }
@@ -245,6 +261,55 @@ impl Link {
             subs.forwarders.remove(topic);
         }
         Ok(())
+    }
+
+    /// Proves that subscriptions made on this connection are in place where
+    /// they matter: on this server (a round trip), and, on a cluster, when a
+    /// room is among them, at the rooms stream's leader, which is the server
+    /// that republishes every stored message ([`Link::probe_stream_leader`]).
+    /// So a join that reads a room's newest position after this misses no
+    /// message stored after it, and no timer is involved.
+    async fn prove_interest<'a>(
+        &self,
+        session: &Session,
+        topics: impl IntoIterator<Item = &'a Topic>,
+    ) -> Result<(), BrokerError> {
+        self.round_trip(session).await?;
+        let rooms = topics.into_iter().any(|t| matches!(t, Topic::Room(_)));
+        if session.clustered && rooms {
+            self.probe_stream_leader(session).await?;
+        }
+        Ok(())
+    }
+
+    /// A JetStream publish that only the rooms stream's leader answers and
+    /// that it refuses (an expected last sequence no subject can have), so
+    /// nothing is stored. The probe travels from this connection's server to
+    /// the leader on the same route connection as the interest of every
+    /// subscription made before it (one account's traffic keeps to one route
+    /// connection, in order), so the leader's answer proves it knew them when
+    /// it processed the probe, and it republishes every message it stores
+    /// afterwards to this node.
+    async fn probe_stream_leader(&self, session: &Session) -> Result<(), BrokerError> {
+        let js = jetstream::new(session.client.clone());
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            u64::MAX.to_string().as_str(),
+        );
+        let send = js.publish_with_headers(self.names.probe(), headers, bytes::Bytes::new());
+        let ack = self.run("probe", send).await?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, ack.into_future()).await {
+            Err(_) => Err(timed_out("probe")),
+            Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(()),
+            Ok(Err(e)) => Err(unavailable("probe", e)),
+            Ok(Ok(ack)) => {
+                // Cannot happen with a server that checks the header; the probe
+                // subject is bounded by the per-subject limit all the same.
+                warn!(seq = ack.sequence, "the stream stored a probe");
+                Ok(())
+            }
+        }
     }
 
     /// A request nobody answers: the server says "no responders", which proves
@@ -332,6 +397,7 @@ impl Link {
 
     async fn set_up(&self, session: Arc<Session>) {
         self.epoch.store(session.epoch, Ordering::Release);
+        self.clustered.store(session.clustered, Ordering::Release);
         self.set_session(Some(session));
         if !self.connected.swap(true, Ordering::AcqRel) {
             info!("nats link up");
@@ -525,6 +591,7 @@ impl Link {
             client: client.clone(),
             rooms,
             epoch,
+            clustered: client.server_info().cluster.is_some(),
             buckets,
         })
     }
@@ -558,7 +625,7 @@ impl Link {
             let fwd = self.forward(client, topic).await?;
             subs.forwarders.insert(topic.clone(), fwd);
         }
-        self.round_trip(&session).await?;
+        self.prove_interest(&session, &topics).await?;
         info!(topics = topics.len(), "subscribed to nats");
         Ok(session)
     }
@@ -642,7 +709,8 @@ async fn watch_client(
                         Ok(session) => {
                             down_since = None;
                             let session = Arc::new(session);
-                            if link.round_trip(&session).await.is_err() {
+                            let topics = link.subs.lock().await.topics.clone();
+                            if link.prove_interest(&session, &topics).await.is_err() {
                                 return;
                             }
                             link.set_up(session).await;

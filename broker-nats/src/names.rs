@@ -92,6 +92,14 @@ impl Names {
         format!("{}.in.{}", self.ns, escape(room))
     }
 
+    /// `<ns>.in._probe`: a subject of the rooms stream that no room escapes to
+    /// (an escaped name has `_` only before two hex digits, or alone). A probe
+    /// published there is refused by the stream leader, never stored: see
+    /// `Link::probe_stream_leader`.
+    pub(crate) fn probe(&self) -> String {
+        format!("{}.in._probe", self.ns)
+    }
+
     /// The room of a stored subject `<ns>.in.<room>`.
     pub(crate) fn topic_of_stored(&self, subject: &str) -> Option<String> {
         let rest = subject

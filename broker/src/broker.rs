@@ -156,10 +156,13 @@ pub trait Broker: Send + Sync + 'static {
     fn is_connected(&self) -> bool;
 
     /// How long after [`Broker::subscribe`] returns a subscription may still miss
-    /// messages published elsewhere (interest still propagating between the
-    /// servers of a broker cluster). Nodes read a new room's history once this
-    /// has passed, so nothing published after a join is lost. Zero when
-    /// `subscribe` returning means the interest is in place everywhere.
+    /// *unstored* traffic (directs, takeovers, presence changes, signals)
+    /// published elsewhere: interest still propagating between the servers of a
+    /// broker cluster. Stored room messages are never covered by this: once
+    /// `subscribe` returns, every room message stored afterwards reaches this
+    /// node, so a join that reads the room's newest position afterwards misses
+    /// nothing. Zero when `subscribe` returning means the interest is in place
+    /// everywhere.
     fn subscribe_settle(&self) -> std::time::Duration {
         std::time::Duration::ZERO
     }

@@ -32,6 +32,10 @@ impl TcpProxy {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let link = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        // Without this, Nagle holds the tail of every large
+                        // message until the peer's delayed ACK (~40 ms).
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });

@@ -1,6 +1,6 @@
 //! Test steps shared by the suites in `tests/tests/`: short helpers that start a
 //! memory node, connect, join (or recover with `since`), send, read, wait for
-//! silence, publish and drain, ask for presence, and check error frames.
+//! silence, publish and drain, flood a room, ask for presence, and check error frames.
 //!
 //! Each step wraps a [`Client`] (or [`Node`]) call and panics with a message naming
 //! what failed, so a test reads as a list of steps. They take a plain [`Client`],
@@ -8,11 +8,13 @@
 //! them.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::client::Client;
+use crate::client::{Client, Receiver, Sender};
 use crate::node::{unique, Node};
 
 /// How long "nothing arrives" is watched for by [`silence`].
@@ -186,4 +188,133 @@ pub async fn presence(c: &mut Client, room: &str) -> BTreeSet<String> {
     assert_eq!(reply["room"], room, "{reply}");
     assert_eq!(reply["ref"], "pr", "{reply}");
     names(&reply, "users")
+}
+
+/// What holds back the sender of a [`flood`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// At most `window` publishes without an ack, as a client with that many
+    /// in flight sends.
+    Acks,
+    /// At most `window` publishes ahead of the slowest of the acks, the
+    /// publisher's own copies and the readers, so what the node holds for a
+    /// reading client stays near `window` messages however the test's tasks
+    /// are scheduled.
+    Readers,
+}
+
+/// Floods `room`: `publisher` publishes `count` messages `{"n": n, "pad": pad}`
+/// while the publisher's acks, its own copies and every client of `readers` are
+/// read at full speed, the sender held back by `pace` with `window`. Each
+/// reader must get every message, in order. Returns the publisher's halves and
+/// the readers.
+pub async fn flood(
+    publisher: Client,
+    readers: Vec<Client>,
+    room: &str,
+    count: usize,
+    (pace, window): (Pace, usize),
+    pad: &str,
+) -> (Sender, Receiver, Vec<Client>) {
+    // Progress of everything that reads the flood: acks, own copies, readers.
+    let progress: Arc<Vec<AtomicUsize>> = Arc::new(
+        (0..2 + readers.len())
+            .map(|_| AtomicUsize::new(0))
+            .collect(),
+    );
+    let paced_by = match pace {
+        Pace::Acks => 1,
+        Pace::Readers => progress.len(),
+    };
+    let (mut tx, mut rx) = publisher.split();
+    let send_progress = progress.clone();
+    let (send_room, pad) = (room.to_owned(), pad.to_owned());
+    let sending = tokio::spawn(async move {
+        for n in 0..count {
+            let waiting_since = tokio::time::Instant::now();
+            loop {
+                let slowest = send_progress[..paced_by]
+                    .iter()
+                    .map(|p| p.load(Ordering::Acquire))
+                    .min()
+                    .unwrap_or(0);
+                if n < slowest + window {
+                    break;
+                }
+                assert!(
+                    waiting_since.elapsed() < Duration::from_secs(10),
+                    "publish {n}: no progress for 10 s (acks, own copies, readers: {:?})",
+                    send_progress
+                        .iter()
+                        .map(|p| p.load(Ordering::Acquire))
+                        .collect::<Vec<_>>()
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tx.send(&publish(&send_room, json!({"n": n, "pad": pad})))
+                .await
+                .unwrap_or_else(|e| panic!("publish {n}: {e:#}"));
+        }
+        tx
+    });
+    let ack_progress = progress.clone();
+    let acking = tokio::spawn(async move {
+        let (mut acks, mut messages) = (0, 0);
+        while acks < count || messages < count {
+            let frame = rx
+                .recv_timeout(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("publisher after {acks} acks, {messages} messages: {e:#}")
+                });
+            match frame["type"].as_str() {
+                Some("ack") => {
+                    acks += 1;
+                    ack_progress[0].store(acks, Ordering::Release);
+                }
+                Some("message") => {
+                    messages += 1;
+                    ack_progress[1].store(messages, Ordering::Release);
+                }
+                _ => panic!("publisher: unexpected frame {frame}"),
+            }
+        }
+        rx
+    });
+    let reading = readers.into_iter().enumerate().map(|(i, mut reader)| {
+        let read_progress = progress.clone();
+        tokio::spawn(async move {
+            for n in 0..count {
+                let frame = reader
+                    .recv_timeout(Duration::from_secs(10))
+                    .await
+                    .unwrap_or_else(|e| panic!("reader {i} lost messages after {n}: {e:#}"));
+                assert_eq!(frame["type"], "message", "reader {i}: {frame}");
+                assert_eq!(frame["body"]["n"], n, "reader {i}: no loss, in order");
+                read_progress[2 + i].store(n + 1, Ordering::Release);
+            }
+            reader
+        })
+    });
+    let reading: Vec<_> = reading.collect();
+    let tx = sending.await.expect("the sending task");
+    let rx = acking.await.expect("the acking task");
+    let mut readers = Vec::new();
+    for task in reading {
+        readers.push(task.await.expect("a reading task"));
+    }
+    (tx, rx, readers)
+}
+
+/// Every frame that arrives until [`SILENCE`] passes without one.
+pub async fn until_silence(c: &mut Client) -> Vec<Value> {
+    let mut frames = Vec::new();
+    while let Some(frame) = c
+        .try_recv(SILENCE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    {
+        frames.push(frame);
+    }
+    frames
 }

@@ -26,8 +26,8 @@ use std::time::Duration;
 use chatmesh_tests::client::Client;
 use chatmesh_tests::cluster::{Backend, Cluster};
 use chatmesh_tests::steps::{
-    assert_error, drain, join, join_since, names, ping, presence, publish, publish_one, recv,
-    recv_until, recv_within, send, set, silence, text, SILENCE,
+    assert_error, drain, flood, join, join_since, names, ping, presence, publish, publish_one,
+    recv, recv_until, recv_within, send, set, silence, text, until_silence, Pace, SILENCE,
 };
 use futures_util::future::join_all;
 use serde_json::{json, Value};
@@ -1187,6 +1187,316 @@ async fn a_node_whose_link_drops_misses_nothing(backend: Backend) {
     silence_all(&mut [alice]).await;
 }
 
+// ---------------------------------------------------------------- 13. a room's first moments
+
+/// A client of `user` with `?device=` on node `i`, ignoring `presence_diff`.
+async fn device(cluster: &Cluster, i: usize, user: &str, device: &str) -> Client {
+    Client::connect(&cluster.ws_url(i, &format!("user={user}&device={device}")))
+        .await
+        .unwrap_or_else(|e| panic!("connecting {user} with device {device}: {e:#}"))
+        .ignoring(&["presence_diff"])
+}
+
+/// Sends a publish with `cid` and returns its ack; every frame that came
+/// before the ack is pushed to `seen`.
+async fn publish_cid(
+    c: &mut Client,
+    room: &str,
+    body: Value,
+    cid: &str,
+    seen: &mut Vec<Value>,
+) -> Value {
+    send(
+        c,
+        json!({"type": "publish", "room": room, "body": body, "cid": cid}),
+    )
+    .await;
+    let (ack, before) = c
+        .recv_until_collect("ack")
+        .await
+        .unwrap_or_else(|e| panic!("publish with cid {cid}: {e:#}"));
+    seen.extend(before);
+    ack
+}
+
+/// The `message` frames among `frames` carrying `id`.
+fn copies<'a>(frames: &'a [Value], id: &Value) -> Vec<&'a Value> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "message" && &f["id"] == id)
+        .collect()
+}
+
+/// The scenario of issue 10: alice (device d1), carol, bob and dave join a new
+/// room on one node; alice publishes with a cid and retries; a second
+/// connection of alice (device d2) joins while the room is new and alice
+/// retries once more. Every connection that was a member when the message was
+/// acked gets it exactly once; d2, whose `joined` already names it, does not.
+async fn an_acked_message_reaches_every_member_of_a_new_room(backend: Backend) {
+    let cluster = start(backend, 1).await;
+    let room = cluster.room();
+    let alice = cluster.user("alice");
+    // Everyone connects first: the joins then fall in the room's first moments.
+    let mut d1 = device(&cluster, 0, &alice, "d1").await;
+    let mut others = Vec::new();
+    for name in ["carol", "bob", "dave"] {
+        others.push(client(&cluster, 0, &cluster.user(name)).await);
+    }
+    join(&mut d1, &room).await;
+    for c in &mut others {
+        join(c, &room).await;
+    }
+    let mut seen = Vec::new();
+    let ack = publish_cid(&mut d1, &room, json!({"text": "pay 10"}), "c1", &mut seen).await;
+    let retry = publish_cid(&mut d1, &room, json!({"text": "pay 10"}), "c1", &mut seen).await;
+    assert_eq!(
+        (&retry["id"], &retry["pos"]),
+        (&ack["id"], &ack["pos"]),
+        "a retry with the same cid has the original ack"
+    );
+    let mut d2 = device(&cluster, 0, &alice, "d2").await;
+    let joined = join(&mut d2, &room).await;
+    assert_eq!(
+        joined["pos"], ack["pos"],
+        "d2 joins after the message: {joined}"
+    );
+    let retry = publish_cid(&mut d1, &room, json!({"text": "pay 10"}), "c1", &mut seen).await;
+    assert_eq!(
+        (&retry["id"], &retry["pos"]),
+        (&ack["id"], &ack["pos"]),
+        "the second retry has the original ack"
+    );
+    seen.extend(until_silence(&mut d1).await);
+    assert_eq!(
+        copies(&seen, &ack["id"]).len(),
+        1,
+        "alice's first connection gets the acked message once: {seen:?}"
+    );
+    for c in &mut others {
+        let got = until_silence(c).await;
+        assert_eq!(
+            copies(&got, &ack["id"]).len(),
+            1,
+            "{} gets the acked message exactly once: {got:?}",
+            c.user()
+        );
+        assert_eq!(
+            got.len(),
+            1,
+            "{}: nothing but the message: {got:?}",
+            c.user()
+        );
+    }
+    let got = until_silence(&mut d2).await;
+    assert!(
+        got.is_empty(),
+        "d2 joined after the message and gets nothing: {got:?}"
+    );
+}
+
+/// The messages of `acked` (ids in publish order, which is `pos` order) that
+/// come after the position a member's `joined` named.
+fn after_joined(acked: &[(Value, Value)], joined: &Value) -> Vec<Value> {
+    let start = acked
+        .iter()
+        .position(|(_, pos)| *pos == joined["pos"])
+        .map_or(0, |i| i + 1);
+    acked[start..].iter().map(|(id, _)| id.clone()).collect()
+}
+
+/// A room is new on node 0: alice joins there first, then a second connection
+/// of alice and carol join while a publisher on node 1 sends messages before,
+/// during and after their joins. Every member gets every acked message after
+/// its `joined` exactly once, in `pos` order. Run five times, since the window
+/// is a room's first milliseconds.
+async fn joins_while_a_room_is_new_miss_nothing(backend: Backend) {
+    const EACH: usize = 5;
+    let cluster = start(backend, 2).await;
+    for round in 0..5 {
+        let room = cluster.room();
+        let mut publisher = member(&cluster, 1, &cluster.user("pub"), &room).await;
+        let alice = cluster.user("alice");
+        let mut a1 = device(&cluster, 0, &alice, "d1").await;
+        let mut a2 = device(&cluster, 0, &alice, "d2").await;
+        let mut carol = client(&cluster, 0, &cluster.user("carol")).await;
+        let joined_a1 = join(&mut a1, &room).await;
+        let mut sent = 0;
+        // Before: right after the room's first join, not awaited.
+        for k in 0..EACH {
+            send(&mut publisher, publish(&room, json!(format!("before {k}")))).await;
+        }
+        sent += EACH;
+        // During: the two joins go out while more messages do.
+        send(&mut a2, json!({"type": "join", "room": room})).await;
+        send(&mut carol, json!({"type": "join", "room": room})).await;
+        for k in 0..EACH {
+            send(&mut publisher, publish(&room, json!(format!("during {k}")))).await;
+        }
+        sent += EACH;
+        let joined_a2 = recv_until(&mut a2, "joined").await;
+        let joined_carol = recv_until(&mut carol, "joined").await;
+        for k in 0..EACH {
+            send(&mut publisher, publish(&room, json!(format!("after {k}")))).await;
+        }
+        sent += EACH;
+        let (own, acks) = drain(&mut publisher, sent, sent).await;
+        let acked: Vec<(Value, Value)> = acks
+            .iter()
+            .map(|a| (a["id"].clone(), a["pos"].clone()))
+            .collect();
+        let all: Vec<Value> = acked.iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(
+            own.iter().map(|m| m["id"].clone()).collect::<Vec<_>>(),
+            all,
+            "round {round}: the publisher's own copies, in ack order"
+        );
+        for (c, joined, what) in [
+            (&mut a1, &joined_a1, "alice d1 (the room's first join)"),
+            (
+                &mut a2,
+                &joined_a2,
+                "alice d2 (a second connection, joined while the room was new)",
+            ),
+            (
+                &mut carol,
+                &joined_carol,
+                "carol (joined while the room was new)",
+            ),
+        ] {
+            let want = after_joined(&acked, joined);
+            let got: Vec<Value> = until_silence(c)
+                .await
+                .into_iter()
+                .inspect(|f| assert_eq!(f["type"], "message", "round {round}, {what}: {f}"))
+                .map(|f| f["id"].clone())
+                .collect();
+            assert_eq!(
+                got, want,
+                "round {round}, {what}: every message after its joined ({}), once, in pos order",
+                joined["pos"]
+            );
+        }
+    }
+}
+
+/// A fresh room is flooded (16 KB messages, 16 publishes in flight) while one
+/// of its three members does not read: that member is closed with 1013; the
+/// publisher and the other member, who read, stay connected and get every
+/// message. `limits.outbound_bytes` is 512 KiB, twice what 16 messages in
+/// flight need, so that a node releasing a backlog of its own making (as one
+/// that held a room's first moments did) cuts the readers even at the
+/// publish rate of a debug build.
+async fn a_flood_into_a_new_room_closes_only_the_paused_member(backend: Backend) {
+    const COUNT: usize = 1000; // 1000 × 16 KB ≈ 16 MB: past the limit and the kernel's buffers.
+    const WINDOW: usize = 16;
+    let cluster = start_with(backend, 1, &[("CHATMESH_LIMITS__OUTBOUND_BYTES", "524288")]).await;
+    let room = cluster.room();
+    // Everyone connects first, so the flood starts in the room's first moments.
+    let mut publisher = client(&cluster, 0, &cluster.user("publisher")).await;
+    let mut reader = client(&cluster, 0, &cluster.user("reader")).await;
+    let mut paused = client(&cluster, 0, &cluster.user("paused")).await;
+    for c in [&mut publisher, &mut reader, &mut paused] {
+        join(c, &room).await;
+    }
+    let pad = "x".repeat(16 * 1024);
+    let (_tx, mut rx, mut readers) = flood(
+        publisher,
+        vec![reader],
+        &room,
+        COUNT,
+        (Pace::Acks, WINDOW),
+        &pad,
+    )
+    .await;
+    rx.expect_silence(SILENCE)
+        .await
+        .unwrap_or_else(|e| panic!("the publisher stays connected: {e:#}"));
+    silence_all(&mut readers).await;
+    for r in &mut readers {
+        ping(r).await;
+    }
+    let (code, received) = paused
+        .expect_closed(Duration::from_secs(30))
+        .await
+        .expect("the node closes the member that does not read");
+    assert!(
+        code.is_none() || code == Some(1013),
+        "the paused member is closed with 1013 (or cut off), got {code:?} after {received} messages"
+    );
+    assert!(
+        received < COUNT,
+        "the paused member was cut off, yet received all {received} messages"
+    );
+}
+
+/// alice joins a fresh room; bob joins after alice's `joined`: bob never gets a
+/// `presence_diff` about alice (her join is in his `joined.members`), while
+/// both get the one about carol, who joins after them on another node.
+async fn presence_diffs_only_after_a_members_own_join(backend: Backend) {
+    let cluster = start(backend, 2).await;
+    for round in 0..3 {
+        let room = cluster.room();
+        let (alice, bob, carol) = (
+            cluster.user("alice"),
+            cluster.user("bob"),
+            cluster.user("carol"),
+        );
+        // Everyone connects first: the joins then fall in the room's first moments.
+        let mut a = strict(&cluster, 0, &alice).await;
+        let mut b = strict(&cluster, 0, &bob).await;
+        let mut c = strict(&cluster, 1, &carol).await;
+        join(&mut a, &room).await;
+        join(&mut b, &room).await;
+        diff_about(&mut a, &bob, Duration::from_secs(5)).await;
+        join(&mut c, &room).await;
+        let to_bob = recv_within(&mut b, Duration::from_secs(5), "bob's first presence_diff").await;
+        assert_eq!(to_bob["type"], "presence_diff", "round {round}: {to_bob}");
+        assert_eq!(
+            (names(&to_bob, "joins"), names(&to_bob, "leaves")),
+            (set(&[&carol]), set(&[])),
+            "round {round}: bob's first diff is carol's join, nothing from before his own: {to_bob}"
+        );
+        diff_about(&mut a, &carol, Duration::from_secs(5)).await;
+        no_diff_about(&mut b, &alice).await;
+        no_diff_about(&mut a, &alice).await;
+    }
+}
+
+/// A user's first moments on a node: alice (node 0) sends a direct to a user
+/// whose first connection (node 1) has just got its `hello`; it arrives
+/// exactly once. Five users, each new.
+async fn a_direct_right_after_a_users_hello_arrives(backend: Backend) {
+    let cluster = start(backend, 2).await;
+    let mut alice = client(&cluster, 0, &cluster.user("alice")).await;
+    for round in 0..5 {
+        let bob = cluster.user("bob");
+        let mut b = client(&cluster, 1, &bob).await;
+        send(
+            &mut alice,
+            json!({"type": "direct", "to": bob, "body": round, "ref": "d"}),
+        )
+        .await;
+        let ack = recv(&mut alice).await;
+        assert_eq!(
+            (&ack["type"], &ack["ref"]),
+            (&json!("ack"), &json!("d")),
+            "round {round}: {ack}"
+        );
+        let d = recv_within(
+            &mut b,
+            Duration::from_secs(5),
+            &format!("round {round}: the direct to a new user"),
+        )
+        .await;
+        assert_eq!(
+            (&d["type"], &d["id"], &d["body"]),
+            (&json!("direct"), &ack["id"], &json!(round)),
+            "round {round}: {d}"
+        );
+        silence(&mut b).await;
+    }
+}
+
 // ---------------------------------------------------------------- instantiation
 
 /// Instantiates every test of the suite for one backend in module `$module`.
@@ -1219,6 +1529,11 @@ macro_rules! cluster_suite {
                 typing_and_read_relayed_across_nodes,
                 device_takeover_across_nodes,
                 http_publish_reaches_every_node,
+                an_acked_message_reaches_every_member_of_a_new_room,
+                joins_while_a_room_is_new_miss_nothing,
+                a_flood_into_a_new_room_closes_only_the_paused_member,
+                presence_diffs_only_after_a_members_own_join,
+                a_direct_right_after_a_users_hello_arrives,
             );
             cluster_suite!(@tests $backend; $owned;
                 presence_of_a_killed_node_expires,

@@ -8,15 +8,13 @@
 //! use strict clients.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatmesh_tests::client::Client;
 use chatmesh_tests::node::{Node, NodeBuilder};
 use chatmesh_tests::steps::{
-    assert_error, client, drain, join, join_since, names, ping, presence, publish, publish_one,
-    recv, recv_until, room, send, set, silence, start_node_with, SILENCE,
+    assert_error, client, drain, flood, join, join_since, names, ping, presence, publish,
+    publish_one, recv, recv_until, room, send, set, silence, start_node_with, Pace, SILENCE,
 };
 use serde_json::{json, Value};
 
@@ -1106,82 +1104,18 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_others_lose_nothing
     // From here on `sleeper` is not read until the publishing is over.
 
     let pad = "x".repeat(2000);
-    let (mut tx, mut rx) = publisher.split();
-    // Progress of the three readers of the publisher's traffic: its acks, its own
-    // copies, the reader's copies. The sender never runs more than WINDOW ahead of
-    // the slowest of them, so what the node holds for a reading client stays far
-    // below the limit however the test's tasks are scheduled.
-    let progress: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
-    let send_progress = progress.clone();
-    let send_room = room.clone();
-    let sending = tokio::spawn(async move {
-        for n in 0..COUNT {
-            let waiting_since = Instant::now();
-            loop {
-                let slowest = send_progress
-                    .iter()
-                    .map(|p| p.load(Ordering::Acquire))
-                    .min()
-                    .unwrap_or(0);
-                if n < slowest + WINDOW {
-                    break;
-                }
-                assert!(
-                    waiting_since.elapsed() < Duration::from_secs(10),
-                    "publish {n}: no progress for 10 s (acks, own copies, reader: {:?})",
-                    send_progress
-                        .iter()
-                        .map(|p| p.load(Ordering::Acquire))
-                        .collect::<Vec<_>>()
-                );
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            tx.send(&publish(&send_room, json!({"n": n, "pad": pad})))
-                .await
-                .unwrap_or_else(|e| panic!("publish {n}: {e:#}"));
-        }
-        tx
-    });
-    let ack_progress = progress.clone();
-    let acking = tokio::spawn(async move {
-        let (mut acks, mut messages) = (0, 0);
-        while acks < COUNT || messages < COUNT {
-            let frame = rx
-                .recv_timeout(Duration::from_secs(10))
-                .await
-                .unwrap_or_else(|e| {
-                    panic!("publisher after {acks} acks, {messages} messages: {e:#}")
-                });
-            match frame["type"].as_str() {
-                Some("ack") => {
-                    acks += 1;
-                    ack_progress[0].store(acks, Ordering::Release);
-                }
-                Some("message") => {
-                    messages += 1;
-                    ack_progress[1].store(messages, Ordering::Release);
-                }
-                _ => panic!("publisher: unexpected frame {frame}"),
-            }
-        }
-        rx
-    });
-    let read_progress = progress.clone();
-    let reading = tokio::spawn(async move {
-        for n in 0..COUNT {
-            let frame = reader
-                .recv_timeout(Duration::from_secs(10))
-                .await
-                .unwrap_or_else(|e| panic!("reader lost messages after {n}: {e:#}"));
-            assert_eq!(frame["type"], "message", "reader: {frame}");
-            assert_eq!(frame["body"]["n"], n, "reader: no loss, in order");
-            read_progress[2].store(n + 1, Ordering::Release);
-        }
-        reader
-    });
-    let _tx = sending.await.expect("the sending task");
-    let _rx = acking.await.expect("the acking task");
-    let mut reader = reading.await.expect("the reading task");
+    let (_tx, _rx, readers) = flood(
+        publisher,
+        vec![reader],
+        &room,
+        COUNT,
+        (Pace::Readers, WINDOW),
+        &pad,
+    )
+    .await;
+    let [mut reader]: [Client; 1] = readers
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one reader"));
     silence(&mut reader).await;
 
     let (code, received) = sleeper

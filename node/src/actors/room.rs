@@ -11,6 +11,11 @@
 //! 3. `joined` goes out, then the replayed messages, then the buffered live
 //!    frames whose position is after the last one sent (dropping the overlap
 //!    between history and live traffic), and the member becomes active.
+//!
+//! The room's own [`Cursor`] (where its fan-out stands) is only ever moved by
+//! fan-out, except once: the first join that finishes gives a room that has
+//! fanned out nothing its starting point. A later join never moves it, so it
+//! can never skip messages the room has not fanned out to its other members.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -76,17 +81,33 @@ pub struct Room {
     /// Local connections per user, to tell the broker about a user's first and last.
     users: HashMap<Arc<str>, usize>,
     attempts: u64,
-    /// Position of the newest message fanned out, to drop repeats and to know
-    /// where to resume after the broker link was down.
-    last: Option<Pos>,
-    /// Set while catching up from history (after a broker reconnect, or while a
-    /// new subscription settles): live deliveries wait here, in order.
+    /// Where the room's fan-out stands: drops repeats, and says where to
+    /// resume after the broker link was down.
+    cursor: Cursor,
+    /// Set while catching up from history after a broker reconnect: live
+    /// deliveries wait here, in order.
     resync: Option<Vec<Delivery>>,
     /// A history read for catching up is in flight.
     catching_up: bool,
-    /// The broker's subscription settle time; non-zero means the room holds live
-    /// traffic until one catch-up after its first join.
-    settle: Duration,
+}
+
+/// Where a room's fan-out stands in the room's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    /// Nothing fanned out and no join finished yet: no starting point.
+    Unknown,
+    /// Every message after this position has been fanned out or is still to
+    /// come (live or from a catch-up); `None`: the room was empty then.
+    After(Option<Pos>),
+}
+
+impl Cursor {
+    fn pos(self) -> Option<Pos> {
+        match self {
+            Cursor::Unknown => None,
+            Cursor::After(pos) => pos,
+        }
+    }
 }
 
 /// True when `pos` comes after `last` in the room's history. A new epoch (the
@@ -103,7 +124,6 @@ impl Room {
         ready: Ready,
         settings: RoomSettings,
     ) -> Self {
-        let settle = broker.subscribe_settle();
         Self {
             name: name.into(),
             broker,
@@ -114,9 +134,8 @@ impl Room {
             members: HashMap::new(),
             users: HashMap::new(),
             attempts: 0,
-            last: None,
-            settle,
-            resync: (!settle.is_zero()).then(Vec::new),
+            cursor: Cursor::Unknown,
+            resync: None,
             catching_up: false,
         }
     }
@@ -273,7 +292,7 @@ impl Handler<Join> for Room {
         };
         let conn = msg.conn;
         let reference = msg.reference;
-        Box::pin(work.into_actor(self).map(move |res, act, ctx| {
+        Box::pin(work.into_actor(self).map(move |res, act, _ctx| {
             let Some(member) = act.members.get_mut(&conn) else {
                 // Left (or closed) while joining: nothing to answer.
                 return Ok(());
@@ -289,14 +308,10 @@ impl Handler<Join> for Room {
                     return Err(ErrorCode::from(&e));
                 }
             };
-            if act.last.is_none() {
-                act.last = joining.latest;
-            }
-            if !act.settle.is_zero() {
-                // The first join of a room whose subscription is still settling:
-                // read what the broker may not have delivered yet, then go live.
-                let settle = std::mem::take(&mut act.settle);
-                ctx.run_later(settle, |act, ctx| act.catch_up(ctx));
+            if act.cursor == Cursor::Unknown {
+                // The subscription was held before this history read, so
+                // everything after its newest position reaches the room.
+                act.cursor = Cursor::After(joining.latest);
             }
             let member = match act.members.get_mut(&conn) {
                 Some(m) => m,
@@ -371,10 +386,10 @@ impl Room {
     fn fan_out(&mut self, delivery: &Delivery) {
         let pos = delivery.pos;
         if let (Envelope::Message(_), Some(p)) = (&delivery.envelope, pos) {
-            if !is_after(p, self.last) {
+            if !is_after(p, self.cursor.pos()) {
                 return;
             }
-            self.last = Some(p);
+            self.cursor = Cursor::After(Some(p));
         }
         let Some((frame, skip_user)) = Self::frame_for(delivery) else {
             return;
@@ -446,7 +461,7 @@ impl Handler<Resync> for Room {
 
 impl Room {
     /// Reads what came after the last fanned-out message and fans it out before
-    /// any live delivery that arrived meanwhile. Without a last position nothing
+    /// any live delivery that arrived meanwhile. Without a position nothing
     /// was ever fanned out here and every join saw an empty room, so everything
     /// in history is new to every member.
     fn catch_up(&mut self, ctx: &mut Context<Self>) {
@@ -455,7 +470,7 @@ impl Room {
         }
         self.catching_up = true;
         self.resync.get_or_insert_with(Vec::new);
-        let query = match self.last {
+        let query = match self.cursor.pos() {
             Some(pos) => HistoryQuery::Since { pos },
             None => HistoryQuery::Latest {
                 limit: crate::protocol::client::HISTORY_MAX,

@@ -35,7 +35,8 @@ struct Conn {
 pub struct User {
     name: Arc<str>,
     ready: Ready,
-    /// The broker's subscription settle time, waited once by the first attach.
+    /// How long a new subscription may miss directs and takeovers published
+    /// elsewhere (non-zero on a NATS cluster): waited once, by the first attach.
     settle: Duration,
     conns: HashMap<ConnId, Conn>,
     next_seq: u64,
