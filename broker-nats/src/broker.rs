@@ -3,14 +3,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::IntoFuture;
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::CreateErrorKind;
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 use chatmesh_broker::{
-    codec, Broker, BrokerError, BrokerEvent, BrokerSettings, DedupeKey, DirectMessage, Envelope,
-    History, HistoryQuery, NodeInfo, Pos, Published, RoomMessage, Topic,
+    codec, Broker, BrokerError, BrokerEvent, BrokerSettings, Capabilities, DedupeKey,
+    DirectMessage, Envelope, History, HistoryLife, HistoryQuery, NodeInfo, Pos, Presence, PubSub,
+    Published, RoomMessage, Routing, Topic,
 };
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
@@ -194,28 +196,10 @@ impl Inner {
 
 /// How long interest in a new subject may take to reach every server of a NATS
 /// cluster (routes gossip it; on loopback it takes a few milliseconds).
-const SUBSCRIBE_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(300);
 
 #[async_trait]
-impl Broker for NatsBroker {
-    fn kind(&self) -> &'static str {
-        "nats"
-    }
-
-    /// Zero on a single server: `subscribe` ends with a round trip, so the
-    /// server knows the interest. On a cluster, stored room messages are
-    /// covered too (`subscribe` probes the rooms stream's leader, the one
-    /// server that republishes them), but core traffic — directs, takeovers,
-    /// presence changes, signals — is published on whichever server the
-    /// sender uses, and routes gossip interest to those asynchronously.
-    fn subscribe_settle(&self) -> std::time::Duration {
-        if self.inner.link.is_clustered() {
-            SUBSCRIBE_SETTLE
-        } else {
-            std::time::Duration::ZERO
-        }
-    }
-
+impl PubSub for NatsBroker {
     fn take_events(&self) -> Option<mpsc::Receiver<BrokerEvent>> {
         self.events.lock().ok()?.take()
     }
@@ -348,7 +332,10 @@ impl Broker for NatsBroker {
         let session = self.inner.session()?;
         history::history(&self.inner.link, &session, room, query).await
     }
+}
 
+#[async_trait]
+impl Presence for NatsBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
         let mut local = inner.presence.lock().await;
@@ -424,6 +411,34 @@ impl Broker for NatsBroker {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
         let session = self.inner.session()?;
         presence::nodes(&self.inner.link, &session).await
+    }
+}
+
+#[async_trait]
+impl Broker for NatsBroker {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    /// `unstored_settle` is zero on a single server: `subscribe` ends with a
+    /// round trip, so the server knows the interest. On a cluster, stored room
+    /// messages are covered too (`subscribe` probes the rooms stream's leader,
+    /// the one server that republishes them), but core traffic — directs,
+    /// takeovers, presence changes, signals — is published on whichever server
+    /// the sender uses, and routes gossip interest to those asynchronously.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            unstored_settle: if self.inner.link.is_clustered() {
+                SUBSCRIBE_SETTLE
+            } else {
+                Duration::ZERO
+            },
+            routing: Routing::PerTopic,
+            history: match self.inner.link.storage_kind() {
+                Storage::File => HistoryLife::Disk,
+                Storage::Memory => HistoryLife::Broker,
+            },
+        }
     }
 
     fn is_connected(&self) -> bool {

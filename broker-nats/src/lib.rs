@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), chatmesh_broker_nats::NatsConfigError> {
-//! use chatmesh_broker::{Broker, BrokerSettings};
+//! use chatmesh_broker::{BrokerSettings, PubSub};
 //! let broker = chatmesh_broker_nats::NatsBroker::new("nats://127.0.0.1:4222", BrokerSettings::default())?;
 //! let events = broker.take_events();
 //! # Ok(()) }
@@ -112,7 +112,7 @@
 //! that lags). Core traffic (directs, takeovers, presence changes, signals) is
 //! published on whichever server its sender uses; a probe cannot reach all of
 //! them, so on a cluster a user's first connection on a node waits
-//! [`Broker::subscribe_settle`](chatmesh_broker::Broker::subscribe_settle)
+//! [`Capabilities::unstored_settle`](chatmesh_broker::Capabilities::unstored_settle)
 //! (300 ms) before the node answers its upgrade; that traffic is at most once
 //! anyway.
 //!

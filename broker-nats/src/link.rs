@@ -158,6 +158,11 @@ impl Link {
         }
     }
 
+    /// Where this link's stream and buckets are created.
+    pub(crate) fn storage_kind(&self) -> Storage {
+        self.options.storage
+    }
+
     /// Whether the link's server is one of a NATS cluster.
     pub(crate) fn is_clustered(&self) -> bool {
         self.clustered.load(Ordering::Acquire)

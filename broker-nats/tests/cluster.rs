@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use chatmesh_broker::{
-    Broker, BrokerEvent, BrokerSettings, DedupeKey, Envelope, HistoryQuery, PresenceChange, Topic,
+    BrokerEvent, BrokerSettings, DedupeKey, Envelope, HistoryQuery, Presence, PresenceChange,
+    PubSub, Topic,
 };
 use chatmesh_broker_nats::{NatsBroker, NatsOptions, Storage};
 use chatmesh_tests::nats::{http_get, NatsCluster};

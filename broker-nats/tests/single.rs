@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chatmesh_broker::conformance::{self, OddNames};
-use chatmesh_broker::{Broker, BrokerError, BrokerEvent, HistoryQuery, Topic};
+use chatmesh_broker::{Broker, BrokerError, BrokerEvent, HistoryQuery, PubSub, Topic};
 use chatmesh_broker_nats::{NatsBroker, NatsConfigError, Storage};
 use chatmesh_tests::nats::NatsServer;
 use common::*;

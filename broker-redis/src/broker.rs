@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatmesh_broker::{
-    codec, Broker, BrokerError, BrokerEvent, BrokerSettings, DedupeKey, DirectMessage, Envelope,
-    History, HistoryQuery, NodeInfo, Pos, PresenceChange, Published, RoomMessage, Topic,
+    codec, Broker, BrokerError, BrokerEvent, BrokerSettings, Capabilities, DedupeKey,
+    DirectMessage, Envelope, History, HistoryQuery, NodeInfo, Pos, Presence, PresenceChange,
+    PubSub, Published, RoomMessage, Topic,
 };
 use redis::Value;
 use tokio::sync::{mpsc, Mutex};
@@ -256,11 +257,7 @@ impl Inner {
 }
 
 #[async_trait]
-impl Broker for RedisBroker {
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
+impl PubSub for RedisBroker {
     fn take_events(&self) -> Option<mpsc::Receiver<BrokerEvent>> {
         self.events.lock().ok()?.take()
     }
@@ -438,7 +435,10 @@ impl Broker for RedisBroker {
             complete,
         })
     }
+}
 
+#[async_trait]
+impl Presence for RedisBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
         let mut local = inner.presence.lock().await;
@@ -566,6 +566,19 @@ impl Broker for RedisBroker {
         let mut nodes: Vec<NodeInfo> = nodes.into_values().collect();
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(nodes)
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    /// `SUBSCRIBE`/`SSUBSCRIBE` is confirmed by the server that routes the
+    /// channel, so nothing propagates afterwards; history is in Redis's memory.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
 
     fn is_connected(&self) -> bool {

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), chatmesh_broker_redis::RedisConfigError> {
-//! use chatmesh_broker::{Broker, BrokerSettings};
+//! use chatmesh_broker::{BrokerSettings, PubSub};
 //! let broker = chatmesh_broker_redis::RedisBroker::new("redis://127.0.0.1:6379", BrokerSettings::default())?;
 //! let events = broker.take_events();
 //! # Ok(()) }

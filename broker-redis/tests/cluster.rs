@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use chatmesh_broker::{Broker, DedupeKey, Envelope, HistoryQuery, PresenceChange, Topic};
+use chatmesh_broker::{DedupeKey, Envelope, HistoryQuery, Presence, PresenceChange, PubSub, Topic};
 use chatmesh_tests::redis::RedisCluster;
 use common::*;
 

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chatmesh_broker::conformance::{self, OddNames};
-use chatmesh_broker::{Broker, BrokerError, BrokerEvent, HistoryQuery, Topic};
+use chatmesh_broker::{Broker, BrokerError, BrokerEvent, HistoryQuery, PubSub, Topic};
 use chatmesh_broker_redis::{RedisBroker, RedisConfigError};
 use chatmesh_tests::redis::RedisServer;
 use common::*;

@@ -1,25 +1,32 @@
 //! The [`Broker`] trait: what a node needs from whatever links it to other nodes.
 //!
+//! The seam has two parts, each with its contract: [`PubSub`] (routed pub/sub
+//! with the stored log, and dedupe of retried publishes) and [`Presence`]
+//! (presence and the node registry); [`Broker`] is both on one link, with the
+//! link's life cycle and the [`Capabilities`] in which brokers differ.
+//!
 //! # Contract every implementation keeps
 //! - **One link per node.** A broker value holds a fixed number of connections,
 //!   whatever the number of clients; subscriptions are batched per topic, never
 //!   per client.
 //! - **Interest routing.** Inbound traffic is only that of subscribed topics.
-//! - **Stored room messages** ([`Broker::publish_message`]): the returned
+//! - **Stored room messages** ([`PubSub::publish_message`]): the returned
 //!   [`Published`] means the message is stored in the room's history and will be
 //!   delivered to every subscribed node exactly once, in history order. An error
 //!   means it was not stored and will never be delivered.
-//! - **Directs** ([`Broker::publish_direct`]): deduplicated like messages, not
+//! - **Directs** ([`PubSub::publish_direct`]): deduplicated like messages, not
 //!   stored; delivered at most once to each node subscribed at publish time.
-//! - **Ephemeral envelopes** ([`Broker::publish_ephemeral`]): at most once, no dedupe.
+//! - **Ephemeral envelopes** ([`PubSub::publish_ephemeral`]): at most once, no dedupe.
 //! - **Dedupe.** A publish with a [`DedupeKey`] seen within the window returns the
 //!   first publish's id and position and delivers nothing.
 //! - **Order.** Deliveries of one topic arrive on the event stream in the order the
 //!   broker accepted them.
 //! - **Events.** All inbound deliveries and link state changes arrive on the one
-//!   receiver returned by [`Broker::take_events`].
+//!   receiver returned by [`PubSub::take_events`].
 //!
 //! Per-broker channel names and guarantees are in each broker crate's docs.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -98,17 +105,82 @@ pub struct NodeInfo {
     pub started: u64,
 }
 
-/// A link between this node and the others. See the module docs for the contract.
-#[async_trait]
-pub trait Broker: Send + Sync + 'static {
-    /// A short name for logs and metrics (`memory`, `redis`, …).
-    fn kind(&self) -> &'static str;
+/// How a broker routes inbound traffic to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Per topic: a node receives exactly the rooms and users it subscribed to
+    /// (Redis channels, NATS subjects, the memory broker).
+    PerTopic,
+    /// Per partition: a node receives every record of the partitions that hold
+    /// its topics, and the node drops the records of rooms and users it has no
+    /// local member for (Kafka).
+    PerPartition,
+}
 
+/// How long a room's stored history lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryLife {
+    /// In the node's own process: gone when the node stops (the memory broker).
+    Process,
+    /// In the broker's memory: it survives node restarts, and a broker restart
+    /// only when the broker persists it (Redis with RDB or AOF, JetStream
+    /// memory storage never).
+    Broker,
+    /// In the broker's own storage on disk: it survives node and broker
+    /// restarts (JetStream file storage).
+    Disk,
+}
+
+/// What differs between brokers, stated as data the node reads instead of as
+/// special cases in its actors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// How long after [`PubSub::subscribe`] returns a subscription may still
+    /// miss *unstored* traffic (directs, takeovers, presence changes, signals)
+    /// published elsewhere: interest still propagating between the servers of
+    /// a broker cluster. A user's first connection on a node waits this long
+    /// before the node answers its upgrade. Stored room messages are never
+    /// covered by this: once `subscribe` returns, every room message stored
+    /// afterwards reaches this node, so a join that reads the room's newest
+    /// position afterwards misses nothing. Zero when `subscribe` returning
+    /// means the interest is in place everywhere.
+    pub unstored_settle: Duration,
+    /// How inbound traffic is routed to this node.
+    pub routing: Routing,
+    /// How long a room's history lives, so what a client that recovers with
+    /// `since` after a restart can expect.
+    pub history: HistoryLife,
+}
+
+impl Default for Capabilities {
+    /// Per-topic routing, no settle, history in the broker's memory.
+    fn default() -> Self {
+        Self {
+            unstored_settle: Duration::ZERO,
+            routing: Routing::PerTopic,
+            history: HistoryLife::Broker,
+        }
+    }
+}
+
+/// (a) Routed pub/sub with the stored log: what a node subscribes to, what it
+/// publishes, and the history it reads back.
+///
+/// **Dedupe** of retried publishes is part of this contract rather than a
+/// trait of its own: a publish with a [`DedupeKey`] seen within the window
+/// returns the first publish's id and position and delivers nothing, and that
+/// check must be atomic with storing the message (one Lua script on Redis, a
+/// `Nats-Msg-Id` on JetStream, the log order on Kafka). A separate
+/// check-then-publish call would let two retries on two nodes both win.
+#[async_trait]
+pub trait PubSub: Send + Sync + 'static {
     /// The receiver of every inbound event. Returns `None` after the first call:
     /// there is one stream per node, attached once by the node's bridge.
     fn take_events(&self) -> Option<mpsc::Receiver<BrokerEvent>>;
 
     /// Starts receiving these topics. Subscribing to a held topic is a no-op.
+    /// When it returns, every room message stored afterwards reaches this node
+    /// (see [`Capabilities::unstored_settle`] for the rest).
     async fn subscribe(&self, topics: &[Topic]) -> Result<(), BrokerError>;
 
     /// Stops receiving these topics. Unsubscribing from an unheld topic is a no-op.
@@ -133,39 +205,48 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Reads a room's history.
     async fn history(&self, room: &str, query: HistoryQuery) -> Result<History, BrokerError>;
+}
 
+/// (b) Presence and the node registry: who is in a room cluster-wide, which
+/// nodes are alive, and the TTL that cleans up after a node that crashed.
+///
+/// Presence changes are decided by the broker's own atomic write (a Lua script,
+/// a compare-and-set), so of two nodes joining one user at once exactly one
+/// publishes the join.
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
     /// Records that `user` has a connection in `room` on `node`; when it is the
     /// user's first in the room cluster-wide, delivers a [`crate::PresenceChange`].
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError>;
 
-    /// Undoes [`Broker::presence_join`]; when no node has the user in the room any
-    /// more, delivers a [`crate::PresenceChange`] with `joined: false`.
+    /// Undoes [`Presence::presence_join`]; when no node has the user in the room
+    /// any more, delivers a [`crate::PresenceChange`] with `joined: false`.
     async fn presence_leave(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError>;
 
     /// The distinct users present in a room cluster-wide, sorted.
     async fn presence(&self, room: &str) -> Result<Vec<String>, BrokerError>;
 
-    /// Refreshes this node's liveness and its presence entries; entries of nodes
-    /// that stop calling this expire after the presence TTL.
+    /// Publishes this node's liveness and refreshes its presence entries;
+    /// entries of nodes that stop calling this expire after the presence TTL
+    /// (swept by a live node's heartbeat, which publishes their leaves).
     async fn heartbeat(&self, info: &NodeInfo) -> Result<(), BrokerError>;
 
     /// The live nodes of this namespace, from their heartbeats.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError>;
+}
+
+/// A link between this node and the others: both parts of the seam on one
+/// broker connection, plus its life cycle. See the module docs for the contract.
+#[async_trait]
+pub trait Broker: PubSub + Presence {
+    /// A short name for logs and metrics (`memory`, `redis`, …).
+    fn kind(&self) -> &'static str;
+
+    /// What differs between brokers; see [`Capabilities`].
+    fn capabilities(&self) -> Capabilities;
 
     /// Whether the link is up now.
     fn is_connected(&self) -> bool;
-
-    /// How long after [`Broker::subscribe`] returns a subscription may still miss
-    /// *unstored* traffic (directs, takeovers, presence changes, signals)
-    /// published elsewhere: interest still propagating between the servers of a
-    /// broker cluster. Stored room messages are never covered by this: once
-    /// `subscribe` returns, every room message stored afterwards reaches this
-    /// node, so a join that reads the room's newest position afterwards misses
-    /// nothing. Zero when `subscribe` returning means the interest is in place
-    /// everywhere.
-    fn subscribe_settle(&self) -> std::time::Duration {
-        std::time::Duration::ZERO
-    }
 
     /// Closes the link; later calls fail with [`BrokerError::Closed`].
     async fn close(&self);

@@ -5,7 +5,9 @@
 //! actix in it, so every broker crate can be built and tested on its own.
 //!
 //! # Layout
-//! - [`broker`]: the [`Broker`] trait, what it promises, and its request/answer types.
+//! - [`broker`]: the [`Broker`] trait and its two parts ([`PubSub`], [`Presence`]),
+//!   what they promise, the [`Capabilities`] brokers differ in, and the
+//!   request/answer types.
 //! - [`envelope`]: the [`Envelope`] nodes exchange (room message, direct, presence
 //!   change, typing/read signal, device takeover).
 //! - [`codec`]: the one place that turns envelopes into bytes (bincode 1.3.3 behind
@@ -32,7 +34,8 @@ pub mod settings;
 pub mod topic;
 
 pub use broker::{
-    Broker, BrokerEvent, DedupeKey, Delivery, History, HistoryQuery, NodeInfo, Published,
+    Broker, BrokerEvent, Capabilities, DedupeKey, Delivery, History, HistoryLife, HistoryQuery,
+    NodeInfo, Presence, PubSub, Published, Routing,
 };
 pub use envelope::{
     DirectMessage, Envelope, PresenceChange, RoomMessage, Signal, SignalKind, Takeover,

@@ -17,8 +17,9 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::dedupe::DedupeWindow;
 use crate::{
-    Broker, BrokerError, BrokerEvent, DedupeKey, Delivery, DirectMessage, Envelope, History,
-    HistoryQuery, NodeInfo, Pos, PresenceChange, Published, RoomMessage, Topic,
+    Broker, BrokerError, BrokerEvent, Capabilities, DedupeKey, Delivery, DirectMessage, Envelope,
+    History, HistoryLife, HistoryQuery, NodeInfo, Pos, Presence, PresenceChange, PubSub, Published,
+    RoomMessage, Topic,
 };
 
 /// How many events may wait for the node's bridge before publishers wait.
@@ -95,11 +96,7 @@ impl MemoryBroker {
 }
 
 #[async_trait]
-impl Broker for MemoryBroker {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
+impl PubSub for MemoryBroker {
     fn take_events(&self) -> Option<mpsc::Receiver<BrokerEvent>> {
         let mut rx = self.rx.lock().ok()?.take()?;
         // The link is up from the start; say so like remote brokers do.
@@ -243,7 +240,10 @@ impl Broker for MemoryBroker {
             complete,
         })
     }
+}
 
+#[async_trait]
+impl Presence for MemoryBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         self.check_open()?;
         let mut state = self.state.lock().await;
@@ -315,6 +315,21 @@ impl Broker for MemoryBroker {
         self.check_open()?;
         let state = self.state.lock().await;
         Ok(state.nodes.values().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    /// History lives in this process; nothing to propagate.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            history: HistoryLife::Process,
+            ..Capabilities::default()
+        }
     }
 
     fn is_connected(&self) -> bool {

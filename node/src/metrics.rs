@@ -12,6 +12,10 @@ pub const DELIVERIES_OUT: &str = "chatmesh_deliveries_out_total";
 pub const ERRORS: &str = "chatmesh_errors_total";
 pub const SLOW_CONSUMERS: &str = "chatmesh_slow_consumer_disconnects_total";
 pub const BROKER_PUBLISH_SECONDS: &str = "chatmesh_broker_publish_seconds";
+/// Deliveries the broker handed to this node for a room or user it has no
+/// local member for (any left in flight after a leave; on a broker that routes
+/// per partition, the records of the other rooms of those partitions).
+pub const DELIVERIES_UNROUTED: &str = "chatmesh_broker_deliveries_unrouted_total";
 
 pub fn slow_consumer() {
     counter!(SLOW_CONSUMERS).increment(1);
@@ -27,6 +31,10 @@ pub fn message_in() {
 
 pub fn deliveries(n: usize) {
     counter!(DELIVERIES_OUT).increment(n as u64);
+}
+
+pub fn unrouted() {
+    counter!(DELIVERIES_UNROUTED).increment(1);
 }
 
 pub fn broker_publish(seconds: f64) {

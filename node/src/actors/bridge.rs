@@ -149,6 +149,8 @@ impl Actor for ClusterBridge {
             }
             None => tracing::error!("broker events already taken; no inbound traffic"),
         }
+        let caps = self.broker.capabilities();
+        tracing::info!(broker = self.broker.kind(), routing = ?caps.routing, history = ?caps.history, "broker capabilities");
         self.beat();
         ctx.run_interval(self.heartbeat, |act, _ctx| act.beat());
     }
@@ -158,16 +160,14 @@ impl StreamHandler<BrokerEvent> for ClusterBridge {
     fn handle(&mut self, event: BrokerEvent, _ctx: &mut Self::Context) {
         match event {
             BrokerEvent::Delivery(d) => match &d.topic {
-                Topic::Room(name) => {
-                    if let Some(entry) = self.rooms.get(name) {
-                        entry.addr.do_send(room::Deliver(d));
-                    }
-                }
-                Topic::User(name) => {
-                    if let Some(entry) = self.users.get(name) {
-                        entry.addr.do_send(user::Deliver(d));
-                    }
-                }
+                Topic::Room(name) => match self.rooms.get(name) {
+                    Some(entry) => entry.addr.do_send(room::Deliver(d)),
+                    None => crate::metrics::unrouted(),
+                },
+                Topic::User(name) => match self.users.get(name) {
+                    Some(entry) => entry.addr.do_send(user::Deliver(d)),
+                    None => crate::metrics::unrouted(),
+                },
             },
             BrokerEvent::Connected => {
                 tracing::info!(broker = self.broker.kind(), "broker connected");
@@ -295,7 +295,8 @@ impl Handler<AttachUser> for ClusterBridge {
             }
             None => {
                 let ready = self.subs.want(Topic::User(name.clone()));
-                let actor = User::new(msg.user.clone(), ready, self.broker.subscribe_settle());
+                let settle = self.broker.capabilities().unstored_settle;
+                let actor = User::new(msg.user.clone(), ready, settle);
                 let addr = User::start_in_arbiter(&self.arbiter(), move |_| actor);
                 self.users.insert(
                     name.clone(),
