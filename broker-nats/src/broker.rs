@@ -1,31 +1,29 @@
 //! [`NatsBroker`]: the [`Broker`] trait on NATS with JetStream.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::IntoFuture;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::CreateErrorKind;
 use async_nats::HeaderMap;
 use async_trait::async_trait;
+use chatmesh_broker::support::{self, shell::event_channel, LocalPresence, Shell};
 use chatmesh_broker::{
     codec, Broker, BrokerError, BrokerEvent, BrokerSettings, Capabilities, DedupeKey,
     DirectMessage, Envelope, History, HistoryLife, HistoryQuery, NodeInfo, Pos, Presence, PubSub,
     Published, RoomMessage, Routing, Topic,
 };
-use tokio::sync::{mpsc, Mutex};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::error::{check_url, protocol, timed_out, unavailable, NatsConfigError};
+use crate::error::{
+    check_url, protocol, timed_out, unavailable, NatsConfigError, BROKER, URL_FORMS,
+};
 use crate::history;
 use crate::link::{self, Link, Session, REQUEST_TIMEOUT};
 use crate::presence;
-use crate::records::Entries;
-
-/// How many events may wait for the node's bridge before the readers wait.
-const EVENT_BUFFER: usize = 16 * 1024;
 
 /// Where JetStream keeps the rooms stream and the buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,16 +66,13 @@ impl Default for NatsOptions {
 /// A node's NATS broker. See the crate docs for subjects and guarantees.
 pub struct NatsBroker {
     inner: Arc<Inner>,
-    events: StdMutex<Option<mpsc::Receiver<BrokerEvent>>>,
-    task: StdMutex<Option<JoinHandle<()>>>,
+    shell: Shell,
 }
 
 struct Inner {
     link: Arc<Link>,
-    /// This node's presence entries: room → (user, node). The heartbeat
-    /// refreshes exactly these. Joins, leaves and heartbeats hold the lock, so
-    /// a heartbeat never re-adds an entry that a leave just removed.
-    presence: Mutex<BTreeMap<String, Entries>>,
+    /// This node's presence entries, which the heartbeat refreshes.
+    presence: LocalPresence,
 }
 
 impl NatsBroker {
@@ -100,43 +95,25 @@ impl NatsBroker {
         settings: BrokerSettings,
         options: NatsOptions,
     ) -> Result<NatsBroker, NatsConfigError> {
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| NatsConfigError::NoRuntime)?;
-        let urls: Vec<String> = url
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if urls.is_empty() {
-            return Err(NatsConfigError::Empty);
-        }
-        for u in &urls {
-            check_url(u)?;
-        }
-        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let runtime = support::runtime(BROKER)?;
+        let urls = support::split_urls(url, BROKER, URL_FORMS, check_url)?;
+        let (tx, rx) = event_channel();
         let link = Arc::new(Link::new(urls, settings, options, tx));
         let task = runtime.spawn(link::run(link.clone()));
         Ok(NatsBroker {
             inner: Arc::new(Inner {
                 link,
-                presence: Mutex::new(BTreeMap::new()),
+                presence: LocalPresence::default(),
             }),
-            events: StdMutex::new(Some(rx)),
-            task: StdMutex::new(Some(task)),
+            shell: Shell::new(rx, task),
         })
     }
 }
 
 impl Drop for NatsBroker {
+    /// The shell aborts the task; this drops the client it may still hold.
     fn drop(&mut self) {
-        // A dropped broker stops its task, which drops the connection.
         self.inner.link.shutdown_now();
-        if let Ok(mut task) = self.task.lock() {
-            if let Some(task) = task.take() {
-                task.abort();
-            }
-        }
     }
 }
 
@@ -149,9 +126,9 @@ impl Inner {
     fn check_size(session: &Session, len: usize) -> Result<(), BrokerError> {
         let max = session.client.server_info().max_payload;
         if max > 0 && len + 512 > max {
-            return Err(BrokerError::Invalid(format!(
-                "envelope of {len} bytes exceeds the NATS max_payload of {max}"
-            )));
+            return Err(BrokerError::Invalid(
+                format!("envelope of {len} bytes exceeds the NATS max_payload of {max}").into(),
+            ));
         }
         Ok(())
     }
@@ -201,7 +178,7 @@ const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(300);
 #[async_trait]
 impl PubSub for NatsBroker {
     fn take_events(&self) -> Option<mpsc::Receiver<BrokerEvent>> {
-        self.events.lock().ok()?.take()
+        self.shell.take_events()
     }
 
     async fn subscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
@@ -240,7 +217,7 @@ impl PubSub for NatsBroker {
         let ack = match tokio::time::timeout(REQUEST_TIMEOUT, ack_future.into_future()).await {
             Ok(Ok(ack)) => ack,
             Ok(Err(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                return Err(BrokerError::Invalid(e.to_string()))
+                return Err(BrokerError::Invalid(e.to_string().into()))
             }
             Ok(Err(e)) => return Err(unavailable("publish", e)),
             Err(_) => return Err(timed_out("publish")),
@@ -338,62 +315,55 @@ impl PubSub for NatsBroker {
 impl Presence for NatsBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let mut local = inner.presence.lock().await;
         let session = inner.session()?;
         let entry = (user.to_owned(), node.to_owned());
-        let node_has_room = local
-            .get(room)
-            .is_some_and(|e| e.iter().any(|(_, n)| n == node));
-        let fresh = local
-            .entry(room.to_owned())
-            .or_default()
-            .insert(entry.clone());
-        let result = async {
-            if !node_has_room {
-                presence::ensure_node(&inner.link, &session, node).await?;
-                let rooms: BTreeSet<String> = local
-                    .iter()
-                    .filter(|(_, e)| e.iter().any(|(_, n)| n == node))
-                    .map(|(r, _)| r.clone())
-                    .collect();
-                presence::put_node_rooms(&inner.link, &session, node, &rooms).await?;
-            }
-            presence::update_room(&inner.link, &session, room, |e| {
-                e.insert(entry.clone());
+        let link = &inner.link;
+        inner
+            .presence
+            .join(room, user, node, |local| {
+                // The node's room list changes only with its first entry in a room.
+                let had_room = local
+                    .get(room)
+                    .is_some_and(|e| e.iter().any(|(u, n)| n == node && u != user));
+                let rooms: Option<BTreeSet<String>> = (!had_room).then(|| {
+                    local
+                        .iter()
+                        .filter(|(_, e)| e.iter().any(|(_, n)| n == node))
+                        .map(|(r, _)| r.clone())
+                        .collect()
+                });
+                let session = &session;
+                async move {
+                    if let Some(rooms) = rooms {
+                        presence::ensure_node(link, session, node).await?;
+                        presence::put_node_rooms(link, session, node, &rooms).await?;
+                    }
+                    presence::update_room(link, session, room, |e| {
+                        e.insert(entry.clone());
+                    })
+                    .await
+                    .map(|_| ())
+                }
             })
             .await
-            .map(|_| ())
-        }
-        .await;
-        if result.is_err() && fresh {
-            if let Some(set) = local.get_mut(room) {
-                set.remove(&entry);
-                if set.is_empty() {
-                    local.remove(room);
-                }
-            }
-        }
-        result
     }
 
     async fn presence_leave(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let mut local = inner.presence.lock().await;
         let entry = (user.to_owned(), node.to_owned());
-        if let Some(set) = local.get_mut(room) {
-            set.remove(&entry);
-            if set.is_empty() {
-                local.remove(room);
-            }
-        }
         // Gone locally whatever NATS says: the next heartbeat removes it if
         // this call fails.
-        let session = inner.session()?;
-        presence::update_room(&inner.link, &session, room, |e| {
-            e.remove(&entry);
-        })
-        .await
-        .map(|_| ())
+        inner
+            .presence
+            .leave(room, user, node, async {
+                let session = inner.session()?;
+                presence::update_room(&inner.link, &session, room, |e| {
+                    e.remove(&entry);
+                })
+                .await
+                .map(|_| ())
+            })
+            .await
     }
 
     async fn presence(&self, room: &str) -> Result<Vec<String>, BrokerError> {
@@ -447,10 +417,6 @@ impl Broker for NatsBroker {
 
     async fn close(&self) {
         self.inner.link.close().await;
-        let task = self.task.lock().ok().and_then(|mut t| t.take());
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
-        }
+        self.shell.stop().await;
     }
 }

@@ -3,29 +3,21 @@
 
 use std::fmt::Display;
 
-use chatmesh_broker::BrokerError;
+use chatmesh_broker::support::ConfigError;
+use chatmesh_broker::{BrokerError, Cause};
 
-/// Why a [`crate::NatsBroker`] could not be created. Nothing here touched the
-/// network: these are all mistakes in `broker.url` or in how the broker is built.
-#[derive(Debug, thiserror::Error)]
-pub enum NatsConfigError {
-    /// `broker.url` was empty.
-    #[error("broker.url is empty: expected nats://host:port or nats://h:p1,nats://h:p2,…")]
-    Empty,
-    /// One URL of `broker.url` is not a usable NATS URL.
-    #[error("broker.url: {url:?} is not a valid NATS URL: {reason}")]
-    BadUrl { url: String, reason: String },
-    /// The broker spawns its connection task on the current tokio runtime.
-    #[error("the NATS broker must be created inside a tokio runtime")]
-    NoRuntime,
-}
+/// Why a [`crate::NatsBroker`] could not be created: see [`ConfigError`].
+pub type NatsConfigError = ConfigError;
 
-/// Checks one server URL of `broker.url`: `nats://host:port` (or `tls://`).
-pub(crate) fn check_url(url: &str) -> Result<(), NatsConfigError> {
-    let bad = |reason: &str| NatsConfigError::BadUrl {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
+/// The broker's name in configuration errors.
+pub(crate) const BROKER: &str = "NATS";
+/// The URL forms `broker.url` takes, for configuration errors.
+pub(crate) const URL_FORMS: &str = "nats://host:port or nats://h:p1,nats://h:p2,…";
+
+/// Checks one server URL of `broker.url`: `nats://host:port` (or `tls://`);
+/// the error says why not.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    let bad = |reason: &str| reason.to_owned();
     let rest = url
         .strip_prefix("nats://")
         .or_else(|| url.strip_prefix("tls://"))
@@ -47,22 +39,29 @@ pub(crate) fn check_url(url: &str) -> Result<(), NatsConfigError> {
     Ok(())
 }
 
-/// The link (not the request) failed: nothing was accepted.
-pub(crate) fn unavailable(op: &str, cause: impl Display) -> BrokerError {
-    BrokerError::Unavailable(format!("{op}: {cause}"))
+/// The link (not the request) failed: nothing was accepted. Keeps the
+/// client's error as the source.
+pub(crate) fn unavailable(
+    op: &str,
+    cause: impl std::error::Error + Send + Sync + 'static,
+) -> BrokerError {
+    BrokerError::Unavailable(Cause::new(op, cause))
 }
 
 /// The call did not finish within the request timeout.
 pub(crate) fn timed_out(op: &str) -> BrokerError {
-    BrokerError::Unavailable(format!(
-        "{op}: no answer from NATS within {:?}",
-        crate::link::REQUEST_TIMEOUT
-    ))
+    BrokerError::Unavailable(
+        format!(
+            "{op}: no answer from NATS within {:?}",
+            crate::link::REQUEST_TIMEOUT
+        )
+        .into(),
+    )
 }
 
 /// NATS answered something this code does not understand.
 pub(crate) fn protocol(op: &str, cause: impl Display) -> BrokerError {
-    BrokerError::Protocol(format!("{op}: {cause}"))
+    BrokerError::Protocol(format!("{op}: {cause}").into())
 }
 
 #[cfg(test)]

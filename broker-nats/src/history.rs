@@ -115,7 +115,11 @@ async fn read_range(
         let next = match tokio::time::timeout(REQUEST_TIMEOUT, messages.next()).await {
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(e))) => return Err(unavailable("history", e)),
-            Ok(None) => return Err(unavailable("history", "the history read ended early")),
+            Ok(None) => {
+                return Err(BrokerError::Unavailable(
+                    "history: the history read ended early".into(),
+                ))
+            }
             Err(_) => return Err(timed_out("history")),
         };
         let info = next

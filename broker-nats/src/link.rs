@@ -38,6 +38,7 @@ use std::future::IntoFuture;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::{Client, ClientError, ConnectOptions, Event};
+use chatmesh_broker::support::{Backoff, LinkState};
 use chatmesh_broker::{codec, BrokerError, BrokerEvent, BrokerSettings, Delivery, Pos, Topic};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, Mutex};
@@ -129,10 +130,7 @@ pub(crate) struct Link {
     epoch: AtomicU64,
     /// Whether the current (or last) session's server is in a NATS cluster.
     clustered: AtomicBool,
-    connected: AtomicBool,
-    closed: AtomicBool,
-    shutdown: watch::Sender<bool>,
-    events: mpsc::Sender<BrokerEvent>,
+    state: LinkState,
 }
 
 impl Link {
@@ -151,10 +149,7 @@ impl Link {
             subs: Mutex::new(Subs::default()),
             epoch: AtomicU64::new(0),
             clustered: AtomicBool::new(false),
-            connected: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            shutdown: watch::Sender::new(false),
-            events,
+            state: LinkState::new("nats", events),
         }
     }
 
@@ -169,8 +164,7 @@ impl Link {
     }
 
     pub(crate) fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
-            && !self.closed.load(Ordering::Acquire)
+        self.state.is_connected()
             && self.current().is_some_and(|s| {
                 s.client.connection_state() == async_nats::connection::State::Connected
             })
@@ -189,10 +183,8 @@ impl Link {
     /// The live session, or why there is none. Checking the client's own state
     /// too means nothing is handed to a client that is reconnecting.
     pub(crate) fn session(&self) -> Result<Arc<Session>, BrokerError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(BrokerError::Closed);
-        }
-        if !self.connected.load(Ordering::Acquire) {
+        self.state.check_open()?;
+        if !self.state.is_connected() {
             return Err(BrokerError::Unavailable("not connected to NATS".into()));
         }
         let session = self
@@ -207,7 +199,7 @@ impl Link {
     }
 
     /// Runs one request with [`REQUEST_TIMEOUT`], mapping its error.
-    pub(crate) async fn run<T, E: std::fmt::Display>(
+    pub(crate) async fn run<T, E: std::error::Error + Send + Sync + 'static>(
         &self,
         op: &'static str,
         fut: impl Future<Output = Result<T, E>>,
@@ -229,9 +221,7 @@ impl Link {
     /// reached the server with a round trip (and, on a cluster, the rooms
     /// stream's leader: [`Link::prove_interest`]).
     pub(crate) async fn subscribe(self: &Arc<Self>, topics: &[Topic]) -> Result<(), BrokerError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(BrokerError::Closed);
-        }
+        self.state.check_open()?;
         let mut subs = self.subs.lock().await;
         let new: BTreeSet<Topic> = topics
             .iter()
@@ -257,9 +247,7 @@ impl Link {
     /// Forgets the topics; dropping their forwarders unsubscribes them, and no
     /// delivery of theirs reaches the node after this returns.
     pub(crate) async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(BrokerError::Closed);
-        }
+        self.state.check_open()?;
         let mut subs = self.subs.lock().await;
         for topic in topics {
             subs.topics.remove(topic);
@@ -379,35 +367,20 @@ impl Link {
                 return;
             }
         };
-        let event = BrokerEvent::Delivery(Delivery {
-            topic: of,
-            pos,
-            envelope,
-        });
-        // Fails only when the node dropped its receiver (shutting down).
-        let _ = self.events.send(event).await;
-    }
-
-    async fn emit(&self, event: BrokerEvent) {
-        let _ = self.events.send(event).await;
-    }
-
-    /// Marks the link down; emits `Disconnected` if it was up.
-    async fn set_down(&self) {
-        if self.connected.swap(false, Ordering::AcqRel) {
-            warn!("nats link down");
-            self.emit(BrokerEvent::Disconnected).await;
-        }
+        self.state
+            .deliver(Delivery {
+                topic: of,
+                pos,
+                envelope,
+            })
+            .await;
     }
 
     async fn set_up(&self, session: Arc<Session>) {
         self.epoch.store(session.epoch, Ordering::Release);
         self.clustered.store(session.clustered, Ordering::Release);
         self.set_session(Some(session));
-        if !self.connected.swap(true, Ordering::AcqRel) {
-            info!("nats link up");
-        }
-        self.emit(BrokerEvent::Connected).await;
+        self.state.set_up().await;
     }
 
     /// Drops the client and every handle on it, which ends its connection and
@@ -419,17 +392,13 @@ impl Link {
 
     /// Stops the background task and drops the connection.
     pub(crate) async fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.shutdown.send_replace(true);
-        self.connected.store(false, Ordering::Release);
+        self.state.close();
         self.tear_down().await;
     }
 
     /// Like [`Link::close`], for `Drop`: no await.
     pub(crate) fn shutdown_now(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.shutdown.send_replace(true);
-        self.connected.store(false, Ordering::Release);
+        self.state.close();
         self.set_session(None);
         if let Ok(mut subs) = self.subs.try_lock() {
             subs.forwarders.clear();
@@ -655,8 +624,8 @@ impl Link {
 
 /// The background task: connects, sets up, watches, reconnects, until the broker closes.
 pub(crate) async fn run(link: Arc<Link>) {
-    let mut shutdown = link.shutdown.subscribe();
-    let mut backoff = MIN_BACKOFF;
+    let mut shutdown = link.state.shutdown_signal();
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     loop {
         if *shutdown.borrow() {
             break;
@@ -667,7 +636,7 @@ pub(crate) async fn run(link: Arc<Link>) {
         match tokio::time::timeout(CONNECT_TIMEOUT * (link.urls.len() as u32 + 1), connect).await {
             Ok(Ok(client)) => match link.bring_up(&client).await {
                 Ok(session) => {
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                     link.set_up(session).await;
                     watch_client(&link, &client, &mut rx, &mut shutdown).await;
                 }
@@ -676,9 +645,9 @@ pub(crate) async fn run(link: Arc<Link>) {
             Ok(Err(e)) => debug!(cause = %e, "nats connect failed"),
             Err(_) => debug!("nats connect timed out"),
         }
-        link.set_down().await;
+        link.state.set_down().await;
         link.tear_down().await;
-        if !back_off(&mut backoff, &mut shutdown).await {
+        if !backoff.wait(&mut shutdown).await {
             break;
         }
     }
@@ -702,10 +671,10 @@ async fn watch_client(
             event = events.recv() => match event {
                 Some(Event::Disconnected) => {
                     down_since.get_or_insert_with(Instant::now);
-                    link.set_down().await;
+                    link.state.set_down().await;
                 }
                 Some(Event::Connected) => {
-                    if link.connected.load(Ordering::Acquire) {
+                    if link.state.is_connected() {
                         continue; // the initial connect, already set up
                     }
                     // A failover inside the client's round: it resubscribed by
@@ -733,7 +702,7 @@ async fn watch_client(
                 let state = client.connection_state();
                 if state != async_nats::connection::State::Connected {
                     let since = *down_since.get_or_insert_with(Instant::now);
-                    link.set_down().await;
+                    link.state.set_down().await;
                     if since.elapsed() > failover {
                         return;
                     }
@@ -742,19 +711,6 @@ async fn watch_client(
             _ = shutdown.changed() => return,
         }
     }
-}
-
-/// Sleeps for the backoff (or until shutdown) and doubles it. False on shutdown.
-async fn back_off(backoff: &mut Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    if *shutdown.borrow() {
-        return false;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(*backoff) => {}
-        _ = shutdown.changed() => return false,
-    }
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    !*shutdown.borrow()
 }
 
 /// The replicas chosen when none are configured: 1 on a single server (more

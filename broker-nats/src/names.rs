@@ -8,50 +8,20 @@
 //! the same token is valid in a subject, a key-value key, a stream name and a
 //! bucket name (buckets allow only `[A-Za-z0-9_-]`).
 
+use chatmesh_broker::support::NameCodec;
 use chatmesh_broker::Topic;
+
+/// The escaping of every name: see the module docs.
+const CODEC: NameCodec = NameCodec::new(b'_', b"-", "_");
 
 /// Escapes a name into one token. See the module docs.
 pub(crate) fn escape(name: &str) -> String {
-    if name.is_empty() {
-        return "_".into();
-    }
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("_{b:02X}"));
-        }
-    }
-    out
+    CODEC.escape(name)
 }
 
 /// Reverses [`escape`]; `None` for text it could not have written.
 pub(crate) fn unescape(text: &str) -> Option<String> {
-    if text == "_" {
-        return Some(String::new());
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'_' => {
-                let hex = text.get(i + 1..i + 3)?;
-                if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
-                    return None;
-                }
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b if b.is_ascii_alphanumeric() || b == b'-' => {
-                out.push(b);
-                i += 1;
-            }
-            _ => return None,
-        }
-    }
-    String::from_utf8(out).ok()
+    CODEC.unescape(text)
 }
 
 /// What a subject a node subscribes to carries.

@@ -116,9 +116,9 @@ pub(crate) async fn update_room(
         let jitter = rand::random::<u64>() % (u64::from(attempt) * 2 + 2);
         tokio::time::sleep(Duration::from_millis(jitter)).await;
     }
-    Err(BrokerError::Unavailable(format!(
-        "presence: room {room:?} changed {CAS_ATTEMPTS} times during one update"
-    )))
+    Err(BrokerError::Unavailable(
+        format!("presence: room {room:?} changed {CAS_ATTEMPTS} times during one update").into(),
+    ))
 }
 
 /// Publishes joins and leaves on the room's ephemeral subject (at most once).
@@ -206,10 +206,10 @@ pub(crate) async fn put_node_rooms(
 /// Every key of a bucket (unescaped; keys this code did not write are skipped).
 async fn keys(link: &Link, store: &kv::Store) -> Result<Vec<String>, BrokerError> {
     let list = async {
-        let keys = store.keys().await.map_err(|e| e.to_string())?;
+        let keys = store.keys().await.map_err(std::io::Error::other)?;
         keys.try_collect::<Vec<String>>()
             .await
-            .map_err(|e| e.to_string())
+            .map_err(std::io::Error::other)
     };
     let keys = link.run("list keys", list).await?;
     Ok(keys.iter().filter_map(|k| unescape(k)).collect())

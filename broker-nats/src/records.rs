@@ -11,27 +11,14 @@ use chatmesh_broker::NodeInfo;
 use crate::names::{escape, unescape};
 
 /// A node's heartbeat record in the nodes bucket (the key is the node id):
-/// `<connections> <rooms> <users> <started>`, decimal.
+/// A node's heartbeat record, as the nodes bucket holds it.
 pub(crate) fn encode_node_info(info: &NodeInfo) -> Vec<u8> {
-    format!(
-        "{} {} {} {}",
-        info.connections, info.rooms, info.users, info.started
-    )
-    .into_bytes()
+    info.to_record().into_bytes()
 }
 
 /// Reads back a heartbeat record of node `id`.
 pub(crate) fn decode_node_info(id: String, value: &[u8]) -> Option<NodeInfo> {
-    let text = std::str::from_utf8(value).ok()?;
-    let mut parts = text.split(' ').map(|p| p.parse::<u64>().ok());
-    let info = NodeInfo {
-        id,
-        connections: parts.next()??,
-        rooms: parts.next()??,
-        users: parts.next()??,
-        started: parts.next()??,
-    };
-    parts.next().is_none().then_some(info)
+    NodeInfo::from_record(id, std::str::from_utf8(value).ok()?)
 }
 
 /// A room's presence entries: `(user, node)` pairs.
@@ -107,21 +94,6 @@ pub(crate) fn epoch_of(created_nanos: i128) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn node_info_round_trips() {
-        let info = NodeInfo {
-            id: "n 1".into(),
-            connections: 3,
-            rooms: 2,
-            users: 1,
-            started: 99,
-        };
-        let bytes = encode_node_info(&info);
-        assert_eq!(decode_node_info("n 1".into(), &bytes), Some(info));
-        assert_eq!(decode_node_info("x".into(), b"1 2"), None);
-        assert_eq!(decode_node_info("x".into(), b"1 2 3 4 5"), None);
-    }
 
     #[test]
     fn entries_round_trip_with_odd_names() {

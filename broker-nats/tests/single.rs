@@ -187,7 +187,7 @@ async fn bad_urls_are_refused_naming_the_url() {
         let err = NatsBroker::new(url, settings("x", 10, TTL)).err();
         let err = err.unwrap_or_else(|| panic!("{url:?} accepted"));
         if url.is_empty() {
-            assert!(matches!(err, NatsConfigError::Empty), "{err}");
+            assert!(matches!(err, NatsConfigError::Empty { .. }), "{err}");
         } else {
             assert!(matches!(err, NatsConfigError::BadUrl { .. }), "{err}");
             assert!(err.to_string().contains("broker.url"), "{err}");

@@ -1,21 +1,21 @@
 //! [`RedisBroker`]: the [`Broker`] trait on Redis (one server or a cluster).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chatmesh_broker::support::{self, shell::event_channel, LocalPresence, Shell};
 use chatmesh_broker::{
     codec, Broker, BrokerError, BrokerEvent, BrokerSettings, Capabilities, DedupeKey,
     DirectMessage, Envelope, History, HistoryQuery, NodeInfo, Pos, Presence, PresenceChange,
     PubSub, Published, RoomMessage, Topic,
 };
 use redis::Value;
-use tokio::sync::{mpsc, Mutex};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::error::RedisConfigError;
+use crate::error::{check_url, RedisConfigError, BROKER, URL_FORMS};
 use crate::frame::{
     decode_node_info, encode_node_info, epoch_text, frame, id_of, new_epoch, parse_epoch, pos_of,
 };
@@ -23,25 +23,19 @@ use crate::link::{self, Conn, Link, Target, COMMAND_TIMEOUT};
 use crate::names::{escape, unescape, Names};
 use crate::scripts;
 
-/// How many events may wait for the node's bridge before the reader waits.
-const EVENT_BUFFER: usize = 16 * 1024;
-
 /// A node's Redis broker. See the crate docs for names and guarantees.
 pub struct RedisBroker {
     inner: Arc<Inner>,
-    events: StdMutex<Option<mpsc::Receiver<BrokerEvent>>>,
-    task: StdMutex<Option<JoinHandle<()>>>,
+    shell: Shell,
 }
 
 struct Inner {
     link: Arc<Link>,
     names: Names,
     settings: BrokerSettings,
-    /// This node's presence entries: room → (user, node). The heartbeat
-    /// refreshes exactly these, and re-creates them after Redis lost them.
-    /// Joins, leaves and each room's refresh hold the lock, so a refresh never
-    /// re-adds an entry that a leave just removed.
-    presence: Mutex<BTreeMap<String, BTreeSet<(String, String)>>>,
+    /// This node's presence entries, which the heartbeat refreshes (and
+    /// re-creates after Redis lost them).
+    presence: LocalPresence,
 }
 
 impl RedisBroker {
@@ -54,34 +48,16 @@ impl RedisBroker {
     ///
     /// Must be called inside a tokio runtime.
     pub fn new(url: &str, settings: BrokerSettings) -> Result<RedisBroker, RedisConfigError> {
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| RedisConfigError::NoRuntime)?;
-        let urls: Vec<&str> = url
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .collect();
-        if urls.is_empty() {
-            return Err(RedisConfigError::Empty);
-        }
-        for u in &urls {
-            let info = redis::IntoConnectionInfo::into_connection_info(*u).map_err(|e| {
-                RedisConfigError::BadUrl {
-                    url: u.to_string(),
-                    reason: e.to_string(),
-                }
-            })?;
-            if !u.starts_with("redis://") {
-                return Err(RedisConfigError::BadUrl {
-                    url: u.to_string(),
-                    reason: "only redis:// URLs are supported".into(),
-                });
-            }
-            drop(info);
-        }
+        let runtime = support::runtime(BROKER)?;
+        let urls = support::split_urls(url, BROKER, URL_FORMS, check_url)?;
+        let bad = |url: &str, e: redis::RedisError| RedisConfigError::BadUrl {
+            broker: BROKER,
+            url: url.to_owned(),
+            reason: e.to_string(),
+        };
         let cluster = urls.len() > 1;
         let names = Names::new(&settings.namespace);
-        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let (tx, rx) = event_channel();
         let link = Arc::new(Link::new(names.clone(), cluster, tx));
         let target = if cluster {
             let (push_tx, pushes) = mpsc::unbounded_channel();
@@ -92,19 +68,13 @@ impl RedisBroker {
                 .response_timeout(COMMAND_TIMEOUT)
                 .retries(2)
                 .build()
-                .map_err(|e| RedisConfigError::BadUrl {
-                    url: url.to_string(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| bad(url, e))?;
             Target::Cluster {
                 client: Box::new(client),
                 pushes,
             }
         } else {
-            let client = redis::Client::open(urls[0]).map_err(|e| RedisConfigError::BadUrl {
-                url: urls[0].to_string(),
-                reason: e.to_string(),
-            })?;
+            let client = redis::Client::open(urls[0].as_str()).map_err(|e| bad(&urls[0], e))?;
             Target::Single(client)
         };
         let task = runtime.spawn(link::run(link.clone(), target));
@@ -113,10 +83,9 @@ impl RedisBroker {
                 link,
                 names,
                 settings,
-                presence: Mutex::new(BTreeMap::new()),
+                presence: LocalPresence::default(),
             }),
-            events: StdMutex::new(Some(rx)),
-            task: StdMutex::new(Some(task)),
+            shell: Shell::new(rx, task),
         })
     }
 
@@ -127,14 +96,9 @@ impl RedisBroker {
 }
 
 impl Drop for RedisBroker {
+    /// The shell aborts the task; this drops the connections it may still hold.
     fn drop(&mut self) {
-        // A dropped broker stops its task, which drops the connections.
         self.inner.link.shutdown_now();
-        if let Ok(mut task) = self.task.lock() {
-            if let Some(task) = task.take() {
-                task.abort();
-            }
-        }
     }
 }
 
@@ -150,7 +114,7 @@ struct Entry {
 }
 
 fn parse_entries(value: Value) -> Result<Vec<Entry>, BrokerError> {
-    let bad = |what: &str| BrokerError::Protocol(format!("history: {what}"));
+    let bad = |what: &str| BrokerError::Protocol(format!("history: {what}").into());
     let Value::Array(items) = value else {
         return Err(bad("entries are not an array"));
     };
@@ -259,7 +223,7 @@ impl Inner {
 #[async_trait]
 impl PubSub for RedisBroker {
     fn take_events(&self) -> Option<mpsc::Receiver<BrokerEvent>> {
-        self.events.lock().ok()?.take()
+        self.shell.take_events()
     }
 
     async fn subscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
@@ -298,7 +262,7 @@ impl PubSub for RedisBroker {
             .await?;
         let pos = pos
             .parse::<Pos>()
-            .map_err(|e| BrokerError::Protocol(format!("publish answered {e}")))?;
+            .map_err(|e| BrokerError::Protocol(format!("publish answered {e}").into()))?;
         Ok(Published {
             id,
             pos: Some(pos),
@@ -391,7 +355,7 @@ impl PubSub for RedisBroker {
             None
         } else {
             Some(parse_epoch(&epoch).ok_or_else(|| {
-                BrokerError::Protocol(format!("room {room:?} has a bad epoch {epoch:?}"))
+                BrokerError::Protocol(format!("room {room:?} has a bad epoch {epoch:?}").into())
             })?)
         };
         let latest = match (epoch, last.is_empty()) {
@@ -441,13 +405,8 @@ impl PubSub for RedisBroker {
 impl Presence for RedisBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let mut local = inner.presence.lock().await;
         let entry = (user.to_owned(), node.to_owned());
-        let fresh = local
-            .entry(room.to_owned())
-            .or_default()
-            .insert(entry.clone());
-        let result = async {
+        let write = async {
             let mut conn = inner.conn()?;
             let sadd = redis::cmd("SADD")
                 .arg(inner.names.node_rooms(node))
@@ -460,34 +419,17 @@ impl Presence for RedisBroker {
             inner
                 .presence_sync(room, std::slice::from_ref(&entry), &[], &[])
                 .await
-        }
-        .await;
-        if result.is_err() && fresh {
-            if let Some(set) = local.get_mut(room) {
-                set.remove(&entry);
-                if set.is_empty() {
-                    local.remove(room);
-                }
-            }
-        }
-        result
+        };
+        inner.presence.join(room, user, node, |_| write).await
     }
 
     async fn presence_leave(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let mut local = inner.presence.lock().await;
         let entry = (user.to_owned(), node.to_owned());
-        if let Some(set) = local.get_mut(room) {
-            set.remove(&entry);
-            if set.is_empty() {
-                local.remove(room);
-            }
-        }
         // Gone locally whatever Redis says: the heartbeat no longer refreshes
         // it, so it expires within the presence TTL even if this call fails.
-        inner
-            .presence_sync(room, &[], std::slice::from_ref(&entry), &[])
-            .await
+        let write = inner.presence_sync(room, &[], std::slice::from_ref(&entry), &[]);
+        inner.presence.leave(room, user, node, write).await
     }
 
     async fn presence(&self, room: &str) -> Result<Vec<String>, BrokerError> {
@@ -587,10 +529,6 @@ impl Broker for RedisBroker {
 
     async fn close(&self) {
         self.inner.link.close().await;
-        let task = self.task.lock().ok().and_then(|mut t| t.take());
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
-        }
+        self.shell.stop().await;
     }
 }

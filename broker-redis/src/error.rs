@@ -1,21 +1,24 @@
 //! Errors: [`RedisConfigError`] for a bad configuration, and the one function
 //! that turns a [`redis::RedisError`] into a [`BrokerError`].
 
-use chatmesh_broker::BrokerError;
+use chatmesh_broker::support::ConfigError;
+use chatmesh_broker::{BrokerError, Cause};
 
-/// Why a [`crate::RedisBroker`] could not be created. Nothing here touched the
-/// network: these are all mistakes in `broker.url` or in how the broker is built.
-#[derive(Debug, thiserror::Error)]
-pub enum RedisConfigError {
-    /// `broker.url` was empty.
-    #[error("broker.url is empty: expected redis://host:port or redis://h:p1,redis://h:p2,…")]
-    Empty,
-    /// One URL of `broker.url` is not a usable Redis URL.
-    #[error("broker.url: {url:?} is not a valid Redis URL: {reason}")]
-    BadUrl { url: String, reason: String },
-    /// The broker spawns its connection task on the current tokio runtime.
-    #[error("the Redis broker must be created inside a tokio runtime")]
-    NoRuntime,
+/// Why a [`crate::RedisBroker`] could not be created: see [`ConfigError`].
+pub type RedisConfigError = ConfigError;
+
+/// The broker's name in configuration errors.
+pub(crate) const BROKER: &str = "Redis";
+/// The URL forms `broker.url` takes, for configuration errors.
+pub(crate) const URL_FORMS: &str = "redis://host:port or redis://h:p1,redis://h:p2,…";
+
+/// Checks one server URL of `broker.url`: a `redis://` URL the client takes.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| e.to_string())?;
+    if !url.starts_with("redis://") {
+        return Err("only redis:// URLs are supported".into());
+    }
+    Ok(())
 }
 
 /// Server error codes that mean "not now" rather than "wrong request".
@@ -40,12 +43,13 @@ pub(crate) fn is_link_error(e: &redis::RedisError) -> bool {
         || matches!(e.kind(), redis::ErrorKind::ClusterConnectionNotFound)
 }
 
-/// Maps every Redis error onto the broker's error kinds.
-pub(crate) fn map_redis_error(e: &redis::RedisError) -> BrokerError {
+/// Maps every Redis error of operation `op` onto the broker's error kinds,
+/// keeping it as the source.
+pub(crate) fn map_redis_error(op: &str, e: redis::RedisError) -> BrokerError {
     let transient = e.code().is_some_and(|c| TRANSIENT_CODES.contains(&c));
-    if is_link_error(e) || transient {
-        BrokerError::Unavailable(e.to_string())
+    if is_link_error(&e) || transient {
+        BrokerError::Unavailable(Cause::new(op, e))
     } else {
-        BrokerError::Protocol(e.to_string())
+        BrokerError::Protocol(Cause::new(op, e))
     }
 }

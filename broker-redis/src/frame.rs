@@ -63,24 +63,14 @@ pub(crate) fn new_epoch() -> u64 {
 
 /// The value of a node's field in `{<ns>}:nodes` is `<expiry ms> <info>`, where
 /// the expiry is written by the heartbeat script and `<info>` is
-/// `<connections> <rooms> <users> <started>` (decimal); the node id is the field.
+/// A node's heartbeat record, as the nodes hash holds it after its expiry.
 pub(crate) fn encode_node_info(info: &NodeInfo) -> String {
-    format!(
-        "{} {} {} {}",
-        info.connections, info.rooms, info.users, info.started
-    )
+    info.to_record()
 }
 
-/// Reads back a `<expiry> <info>` value for node `id`.
+/// Reads back a `<expiry> <record>` value for node `id`.
 pub(crate) fn decode_node_info(id: String, value: &str) -> Option<NodeInfo> {
-    let mut parts = value.split(' ').skip(1).map(|p| p.parse::<u64>().ok());
-    Some(NodeInfo {
-        id,
-        connections: parts.next()??,
-        rooms: parts.next()??,
-        users: parts.next()??,
-        started: parts.next()??,
-    })
+    NodeInfo::from_record(id, value.split_once(' ')?.1)
 }
 
 #[cfg(test)]
@@ -108,7 +98,7 @@ mod tests {
     }
 
     #[test]
-    fn node_info_round_trips() {
+    fn node_values_carry_an_expiry_before_the_record() {
         let info = NodeInfo {
             id: "n 1".into(),
             connections: 3,

@@ -22,10 +22,10 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use chatmesh_broker::support::{Backoff, LinkState};
 use chatmesh_broker::{codec, BrokerError, BrokerEvent, Delivery, Topic};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink, PubSubStream};
@@ -113,12 +113,9 @@ pub(crate) struct Link {
     pub(crate) cluster: bool,
     conn: RwLock<Option<Conn>>,
     subs: Mutex<Subs>,
-    connected: AtomicBool,
-    closed: AtomicBool,
     /// Woken by a command that hit a link error (one-server mode).
     broken: Notify,
-    shutdown: watch::Sender<bool>,
-    events: mpsc::Sender<BrokerEvent>,
+    state: LinkState,
 }
 
 impl Link {
@@ -128,11 +125,8 @@ impl Link {
             cluster,
             conn: RwLock::new(None),
             subs: Mutex::new(Subs::default()),
-            connected: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
             broken: Notify::new(),
-            shutdown: watch::Sender::new(false),
-            events,
+            state: LinkState::new("redis", events),
         }
     }
 
@@ -146,11 +140,11 @@ impl Link {
     }
 
     pub(crate) fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire) && !self.closed.load(Ordering::Acquire)
+        self.state.is_connected()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.state.is_closed()
     }
 
     /// The command connection, or why there is none.
@@ -187,14 +181,14 @@ impl Link {
                     self.broken.notify_one();
                 }
                 debug!(op = what, cause = %e, "redis command failed");
-                Err(map_redis_error(&e))
+                Err(map_redis_error(what, e))
             }
             Err(_) => {
                 self.broken.notify_one();
                 debug!(op = what, "redis command timed out");
-                Err(BrokerError::Unavailable(format!(
-                    "{what}: no answer from Redis within {COMMAND_TIMEOUT:?}"
-                )))
+                Err(BrokerError::Unavailable(
+                    format!("{what}: no answer from Redis within {COMMAND_TIMEOUT:?}").into(),
+                ))
             }
         }
     }
@@ -296,55 +290,42 @@ impl Link {
                 return;
             }
         };
-        let event = BrokerEvent::Delivery(Delivery {
-            topic,
-            pos,
-            envelope,
-        });
-        // Fails only when the node dropped its receiver (shutting down).
-        let _ = self.events.send(event).await;
+        self.state
+            .deliver(Delivery {
+                topic,
+                pos,
+                envelope,
+            })
+            .await;
     }
 
-    async fn emit(&self, event: BrokerEvent) {
-        let _ = self.events.send(event).await;
-    }
-
-    /// Marks the link down; emits `Disconnected` if it was up.
+    /// Marks the link down (dropping its connections); emits `Disconnected`
+    /// if it was up.
     async fn set_down(&self) {
         self.set_conn(None);
         self.subs.lock().await.sink = None;
-        if self.connected.swap(false, Ordering::AcqRel) {
-            warn!("redis link down");
-            self.emit(BrokerEvent::Disconnected).await;
-        }
+        self.state.set_down().await;
     }
 
     async fn set_up(&self) {
-        if !self.connected.swap(true, Ordering::AcqRel) {
-            info!("redis link up");
-        }
-        self.emit(BrokerEvent::Connected).await;
+        self.state.set_up().await;
     }
 
     /// Stops the background task and drops the connections.
     pub(crate) async fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.shutdown.send_replace(true);
+        self.state.close();
         self.set_conn(None);
         self.subs.lock().await.sink = None;
-        self.connected.store(false, Ordering::Release);
     }
 
     /// Like [`Link::close`], for `Drop`: no await.
     pub(crate) fn shutdown_now(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.shutdown.send_replace(true);
+        self.state.close();
         self.set_conn(None);
-        self.connected.store(false, Ordering::Release);
     }
 
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
+        self.state.shutdown_signal()
     }
 }
 
@@ -387,19 +368,6 @@ pub(crate) async fn run(link: Arc<Link>, target: Target) {
     }
 }
 
-/// Sleeps for the backoff (or until shutdown) and doubles it. False on shutdown.
-async fn back_off(backoff: &mut Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    if *shutdown.borrow() {
-        return false;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(*backoff) => {}
-        _ = shutdown.changed() => return false,
-    }
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    !*shutdown.borrow()
-}
-
 async fn connect_single(link: &Link, client: &redis::Client) -> redis::RedisResult<PubSubStream> {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -421,14 +389,14 @@ async fn connect_single(link: &Link, client: &redis::Client) -> redis::RedisResu
 
 async fn run_single(link: Arc<Link>, client: redis::Client) {
     let mut shutdown = link.shutdown_signal();
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     loop {
         if *shutdown.borrow() {
             break;
         }
         match tokio::time::timeout(CONNECT_TIMEOUT * 2, connect_single(&link, &client)).await {
             Ok(Ok(mut stream)) => {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 link.set_up().await;
                 read_single(&link, &mut stream, &mut shutdown).await;
                 link.set_down().await;
@@ -442,7 +410,7 @@ async fn run_single(link: Arc<Link>, client: redis::Client) {
                 link.set_down().await;
             }
         }
-        if !back_off(&mut backoff, &mut shutdown).await {
+        if !backoff.wait(&mut shutdown).await {
             break;
         }
     }
@@ -508,7 +476,7 @@ async fn run_cluster(
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
 ) {
     let mut shutdown = link.shutdown_signal();
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     // The cluster client reconnects to each node by itself; it is built once.
     let conn = loop {
         if *shutdown.borrow() {
@@ -519,7 +487,7 @@ async fn run_cluster(
             Ok(Err(e)) => debug!(cause = %e, "redis cluster connect failed"),
             Err(_) => debug!("redis cluster connect timed out"),
         }
-        if !back_off(&mut backoff, &mut shutdown).await {
+        if !backoff.wait(&mut shutdown).await {
             return;
         }
     };
@@ -540,14 +508,14 @@ async fn run_cluster(
         };
         match ready {
             Ok(()) => {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 link.set_up().await;
                 read_cluster(&link, &conn, &mut pushes, &mut shutdown).await;
                 link.set_down().await;
             }
             Err(e) => debug!(cause = %e, "redis cluster not ready"),
         }
-        if !back_off(&mut backoff, &mut shutdown).await {
+        if !backoff.wait(&mut shutdown).await {
             break;
         }
     }

@@ -5,37 +5,20 @@
 //! namespace name can contain `{`, `}`, `:` or a space once inside a key, which
 //! keeps hash tags intact and makes every name unambiguous.
 
+use chatmesh_broker::support::NameCodec;
 use chatmesh_broker::Topic;
+
+/// The escaping of every name: see the module docs.
+const CODEC: NameCodec = NameCodec::new(b'%', b"_.-", "");
 
 /// Percent-encodes a name for use inside a key or channel.
 pub(crate) fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    CODEC.escape(name)
 }
 
 /// Reverses [`escape`]; `None` for text it could not have written.
 pub(crate) fn unescape(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    CODEC.unescape(text)
 }
 
 /// The names of one namespace. See the crate docs for the full list.

@@ -235,6 +235,31 @@ pub trait Presence: Send + Sync + 'static {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError>;
 }
 
+impl NodeInfo {
+    /// The heartbeat record brokers store for a node: its counts and start
+    /// time, `<connections> <rooms> <users> <started>` (the id is the key).
+    pub fn to_record(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.connections, self.rooms, self.users, self.started
+        )
+    }
+
+    /// Reads back [`NodeInfo::to_record`] for node `id`; `None` when `text`
+    /// is not such a record.
+    pub fn from_record(id: String, text: &str) -> Option<NodeInfo> {
+        let mut parts = text.split(' ').map(|p| p.parse::<u64>().ok());
+        let info = NodeInfo {
+            id,
+            connections: parts.next()??,
+            rooms: parts.next()??,
+            users: parts.next()??,
+            started: parts.next()??,
+        };
+        parts.next().is_none().then_some(info)
+    }
+}
+
 /// A link between this node and the others: both parts of the seam on one
 /// broker connection, plus its life cycle. See the module docs for the contract.
 #[async_trait]
@@ -250,4 +275,27 @@ pub trait Broker: PubSub + Presence {
 
     /// Closes the link; later calls fail with [`BrokerError::Closed`].
     async fn close(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeInfo;
+
+    #[test]
+    fn node_records_round_trip() {
+        let info = NodeInfo {
+            id: "n 1".into(),
+            connections: 3,
+            rooms: 2,
+            users: 1,
+            started: 99,
+        };
+        assert_eq!(
+            NodeInfo::from_record("n 1".into(), &info.to_record()),
+            Some(info)
+        );
+        for bad in ["1 2", "1 2 3 4 5", "a b c d", ""] {
+            assert_eq!(NodeInfo::from_record("x".into(), bad), None, "{bad:?}");
+        }
+    }
 }

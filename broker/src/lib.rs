@@ -18,6 +18,9 @@
 //! - [`memory`]: [`MemoryBroker`], the embedded in-process broker for one node.
 //! - [`settings`]: [`BrokerSettings`], what every broker is configured with.
 //! - [`dedupe`]: the `cid` dedupe window shared by brokers that keep it in process.
+//! - [`support`]: what every networked broker needs besides its own API (the
+//!   event plumbing, the link state and backoff, the local presence entries,
+//!   name escaping, `broker.url` checks), written once.
 //! - `conformance` (feature `conformance`): the checks every networked broker's
 //!   integration tests run against its real server.
 
@@ -31,6 +34,7 @@ pub mod error;
 pub mod memory;
 pub mod pos;
 pub mod settings;
+pub mod support;
 pub mod topic;
 
 pub use broker::{
@@ -40,7 +44,7 @@ pub use broker::{
 pub use envelope::{
     DirectMessage, Envelope, PresenceChange, RoomMessage, Signal, SignalKind, Takeover,
 };
-pub use error::BrokerError;
+pub use error::{BrokerError, Cause};
 pub use memory::{MemoryBroker, MemoryConfig};
 pub use pos::Pos;
 pub use settings::BrokerSettings;

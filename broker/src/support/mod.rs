@@ -1,0 +1,24 @@
+//! What every networked broker needs besides its broker's own API, written
+//! once so that a broker crate keeps only what is specific to its broker.
+//!
+//! - [`shell`]: [`Shell`], the take-once event receiver and the background
+//!   task of a broker value, stopped on `close` and on drop.
+//! - [`link`]: [`LinkState`], the up/down/closed state machine with its
+//!   events, and [`Backoff`], the reconnect delay.
+//! - [`presence`]: [`LocalPresence`], the node's own presence entries, which a
+//!   heartbeat refreshes, with the rollback of a join the broker refused.
+//! - [`names`]: [`NameCodec`], the escaping that keeps every room, user, node
+//!   and namespace name to one unambiguous token of a key, channel or subject.
+//! - [`config`]: [`ConfigError`] and [`split_urls`], the checks of `broker.url`.
+
+pub mod config;
+pub mod link;
+pub mod names;
+pub mod presence;
+pub mod shell;
+
+pub use config::{runtime, split_urls, ConfigError};
+pub use link::{Backoff, LinkState};
+pub use names::NameCodec;
+pub use presence::{Entries, LocalPresence};
+pub use shell::Shell;
