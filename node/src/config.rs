@@ -29,14 +29,63 @@ impl ConfigError {
     }
 }
 
-/// Which broker links the nodes.
+/// Which broker links the nodes: every kind PROTOCOL.md §4 names, built or not.
+///
+/// Reading one from the config accepts only the kinds this build has
+/// ([`crate::brokers::supported`]): a kind the contract names but the binary
+/// lacks must stop `--check-config` and the start alike, with the same line as
+/// a misspelt one, rather than pass the check and fail later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum BrokerKind {
     Memory,
     Redis,
     Nats,
     Kafka,
+    Rabbitmq,
+}
+
+impl BrokerKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [BrokerKind; 5] = [
+        BrokerKind::Memory,
+        BrokerKind::Redis,
+        BrokerKind::Nats,
+        BrokerKind::Kafka,
+        BrokerKind::Rabbitmq,
+    ];
+
+    /// The config spelling (`broker.kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerKind::Memory => "memory",
+            BrokerKind::Redis => "redis",
+            BrokerKind::Nats => "nats",
+            BrokerKind::Kafka => "kafka",
+            BrokerKind::Rabbitmq => "rabbitmq",
+        }
+    }
+}
+
+impl std::fmt::Display for BrokerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl TryFrom<String> for BrokerKind {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        match BrokerKind::ALL.into_iter().find(|k| k.name() == value) {
+            Some(kind) if crate::brokers::supported().contains(&kind) => Ok(kind),
+            Some(kind) => Err(crate::brokers::not_built(kind)),
+            None => Err(format!(
+                "`{value}` is not a broker kind; this build supports {}",
+                crate::brokers::supported_names()
+            )),
+        }
+    }
 }
 
 /// How clients prove who they are.
@@ -278,7 +327,7 @@ impl Config {
         if self.broker.kind != BrokerKind::Memory && self.broker.url.trim().is_empty() {
             return Err(ConfigError::new(
                 "broker.url",
-                format!("required when broker.kind is {:?}", self.broker.kind).to_lowercase(),
+                format!("required when broker.kind is {}", self.broker.kind),
             ));
         }
         let ns = &self.cluster.namespace;
@@ -451,6 +500,8 @@ mod tests {
     fn bad_values_name_their_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("CHATMESH_BROKER__KIND", "bogus")], "broker.kind"),
+            (&[("CHATMESH_BROKER__KIND", "kafka")], "broker.kind"),
+            (&[("CHATMESH_BROKER__KIND", "rabbitmq")], "broker.kind"),
             (&[("CHATMESH_HTTP__LISTEN", "nope")], "http.listen"),
             (&[("CHATMESH_BROKER__KIND", "redis")], "broker.url"),
             (&[("CHATMESH_AUTH__MODE", "jwt")], "auth.jwt_secret"),
@@ -466,6 +517,34 @@ mod tests {
             let line = err.to_string();
             assert!(line.contains(key), "{line:?} does not name {key}");
             assert!(!line.contains('\n'), "{line:?} is not one line");
+        }
+    }
+
+    #[test]
+    fn an_unbuilt_or_unknown_broker_kind_lists_what_this_build_supports() {
+        let supported = crate::brokers::supported_names();
+        assert!(supported.starts_with("memory"), "{supported}");
+        // Kafka and RabbitMQ have no broker crate yet, whatever the features.
+        assert!(!supported.contains("kafka") && !supported.contains("rabbitmq"));
+        for (kind, says) in [
+            ("kafka", "`kafka` is not built into this binary"),
+            ("rabbitmq", "`rabbitmq` is not built into this binary"),
+            ("bogus", "`bogus` is not a broker kind"),
+        ] {
+            let line = load_with(&[("CHATMESH_BROKER__KIND", kind)], None)
+                .expect_err("must fail")
+                .to_string();
+            assert!(line.starts_with("config error: broker.kind: "), "{line}");
+            assert!(line.contains(says), "{line}");
+            assert!(
+                line.contains(&format!("this build supports {supported}")),
+                "{line}"
+            );
+        }
+        for kind in crate::brokers::supported() {
+            let toml = format!("[broker]\nkind = \"{kind}\"\nurl = \"x://h:1\"\n");
+            let c = load_with(&[], Some(&toml)).expect("a built kind loads");
+            assert_eq!(c.broker.kind, kind);
         }
     }
 }

@@ -1155,6 +1155,46 @@ async fn an_unknown_broker_kind_stops_the_node_with_a_clear_line() {
     stops_naming(Node::builder().broker("bogus", None), "broker.kind").await;
 }
 
+/// `broker.kind` names a broker of the contract that this build does not have
+/// (Kafka, RabbitMQ): `--check-config` refuses it, as the start does, with one
+/// line naming the key and the kinds the binary was built with (the suite runs
+/// the default build: memory, redis, nats).
+#[tokio::test]
+async fn check_config_refuses_a_broker_kind_this_build_lacks() {
+    for kind in ["kafka", "rabbitmq"] {
+        for args in [&["--check-config"][..], &[]] {
+            let mut builder = Node::builder().broker(kind, Some("h:9092"));
+            for arg in args {
+                builder = builder.arg(arg);
+            }
+            let exited = builder
+                .run_to_exit(Duration::from_secs(10))
+                .await
+                .expect("the node stops by itself");
+            assert!(
+                !exited.status.success(),
+                "{kind} {args:?}: exit status {}\n{}",
+                exited.status,
+                exited.stdout
+            );
+            let lines: Vec<&str> = exited.stderr.lines().collect();
+            assert_eq!(
+                lines.len(),
+                1,
+                "{kind} {args:?}: one line:\n{}",
+                exited.stderr
+            );
+            let line = lines[0];
+            assert!(
+                line.contains("broker.kind")
+                    && line.contains(&format!("`{kind}` is not built into this binary"))
+                    && line.contains("this build supports memory, redis, nats"),
+                "{kind} {args:?}: the line names broker.kind and the built kinds: {line}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_bad_listen_address_stops_the_node_with_a_clear_line() {
     stops_naming(
