@@ -4,18 +4,16 @@
 //! error reply even when the rest of the frame is wrong, and so that each error
 //! says which field is wrong. Unknown extra fields are ignored (clients newer
 //! than the node may send them). A body is kept as JSON text, checked once here
-//! and never parsed again on its way to other clients.
+//! and never parsed again on its way to other clients. Each field follows the
+//! [`rules`] every transport shares.
 
 use chatmesh_broker::Pos;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// The longest room or user name, in characters.
-pub const MAX_NAME: usize = 128;
-/// Default and largest `limit` of a history request.
-pub const HISTORY_DEFAULT: usize = 50;
-pub const HISTORY_MAX: usize = 500;
+use super::rules::{self, RuleError};
+pub use super::rules::{HISTORY_DEFAULT, HISTORY_MAX, MAX_NAME};
 
 /// A parsed frame with its `ref`.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,11 +160,8 @@ fn frame(obj: &mut Map<String, Value>) -> Result<ClientFrame, String> {
             ClientFrame::Publish {
                 room: name("room", f.room)?,
                 body: f.body.to_string(),
-                kind: match f.kind {
-                    None => "text".into(),
-                    Some(k) => short("kind", k, 64)?,
-                },
-                cid: f.cid.map(|c| short("cid", c, MAX_NAME)).transpose()?,
+                kind: rules::kind(f.kind).map_err(text)?,
+                cid: rules::cid(f.cid).map_err(text)?,
             }
         }
         "direct" => {
@@ -174,7 +169,7 @@ fn frame(obj: &mut Map<String, Value>) -> Result<ClientFrame, String> {
             ClientFrame::Direct {
                 to: name("to", f.to)?,
                 body: f.body.to_string(),
-                cid: f.cid.map(|c| short("cid", c, MAX_NAME)).transpose()?,
+                cid: rules::cid(f.cid).map_err(text)?,
             }
         }
         "typing" => ClientFrame::Typing {
@@ -184,14 +179,12 @@ fn frame(obj: &mut Map<String, Value>) -> Result<ClientFrame, String> {
             let f: Read = fields(obj)?;
             ClientFrame::Read {
                 room: name("room", f.room)?,
-                pos: short("pos", f.pos, 64)?,
+                pos: rules::read_pos(f.pos).map_err(text)?,
             }
         }
         "history" => {
             let f: History = fields(obj)?;
-            let limit = f.limit.map_or(HISTORY_DEFAULT, |l| {
-                usize::try_from(l).unwrap_or(HISTORY_MAX).min(HISTORY_MAX)
-            });
+            let limit = rules::history_limit(f.limit);
             ClientFrame::History {
                 room: name("room", f.room)?,
                 before: f.before.map(|s| position("before", &s)).transpose()?,
@@ -213,28 +206,16 @@ fn fields<T: DeserializeOwned>(obj: Map<String, Value>) -> Result<T, String> {
     serde_json::from_value(Value::Object(obj)).map_err(|e| e.to_string())
 }
 
-/// Checks a room or user name: 1 to [`MAX_NAME`] characters, no control characters.
-pub fn name(field: &str, value: String) -> Result<String, String> {
-    if value.is_empty() {
-        return Err(format!("{field} must not be empty"));
-    }
-    short(field, value, MAX_NAME)
+fn name(field: &'static str, value: String) -> Result<String, String> {
+    rules::name(field, value).map_err(text)
 }
 
-fn short(field: &str, value: String, max: usize) -> Result<String, String> {
-    if value.chars().count() > max {
-        return Err(format!("{field} is longer than {max} characters"));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(format!("{field} contains control characters"));
-    }
-    Ok(value)
+fn position(field: &'static str, value: &str) -> Result<Pos, String> {
+    rules::position(field, value).map_err(text)
 }
 
-fn position(field: &str, value: &str) -> Result<Pos, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{field} is not a position this service produced"))
+fn text(e: RuleError) -> String {
+    e.to_string()
 }
 
 #[cfg(test)]

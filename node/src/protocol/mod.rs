@@ -1,9 +1,11 @@
 //! Protocol v1 as JSON text frames (PROTOCOL.md §2): what clients send
 //! ([`client`]), what the node sends ([`server`]), and the error and close codes
-//! both sides rely on ([`codes`]).
+//! both sides rely on ([`codes`]), and the input rules every transport applies
+//! to what clients send ([`rules`]).
 
 pub mod client;
 pub mod codes;
+pub mod rules;
 pub mod server;
 
 pub use client::{parse, ClientFrame, FrameError, Request};
