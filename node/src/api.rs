@@ -6,10 +6,12 @@
 //! and the token's room patterns apply. Bodies are read up to
 //! `limits.max_frame` bytes (413 beyond), each sender (`from`) gets the
 //! per-connection publish rate (`limits.publish_per_sec`/`publish_burst`, 429
-//! beyond), and every error is JSON.
+//! beyond), and every error is JSON. Path segments, `from`, `kind`, `cid` and
+//! the body size follow the same [`rules`] as WebSocket frames, with the same
+//! error codes and messages.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chatmesh_broker::{BrokerError, DedupeKey, HistoryQuery, Pos, Published};
+use chatmesh_broker::{BrokerError, DedupeKey, HistoryQuery, Published};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -18,18 +20,29 @@ use crate::auth::Identity;
 use crate::config::AuthMode;
 use crate::context::Ctx;
 use crate::http::{bearer, error, ApiError};
-use crate::protocol::client::{self, HISTORY_DEFAULT, HISTORY_MAX};
+use crate::protocol::rules::{self, DEFAULT_FROM, DEFAULT_KIND};
 use crate::protocol::{server, ErrorCode};
 use crate::{compose, metrics};
 
 /// Registers every route of this module.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/rooms/{room}/messages", web::post().to(post_room))
-        .route("/api/v1/users/{user}/messages", web::post().to(post_user))
-        .route("/api/v1/rooms/{room}/history", web::get().to(history))
-        .route("/api/v1/rooms/{room}/presence", web::get().to(presence))
-        .route("/api/v1/nodes", web::get().to(nodes))
-        .route("/webhook", web::post().to(webhook));
+    // `[^/]*`, not the default `[^/]+`: an empty name is a `bad_request` of
+    // the name rule, as over WebSocket, not a 404.
+    cfg.route(
+        "/api/v1/rooms/{room:[^/]*}/messages",
+        web::post().to(post_room),
+    )
+    .route(
+        "/api/v1/users/{user:[^/]*}/messages",
+        web::post().to(post_user),
+    )
+    .route("/api/v1/rooms/{room:[^/]*}/history", web::get().to(history))
+    .route(
+        "/api/v1/rooms/{room:[^/]*}/presence",
+        web::get().to(presence),
+    )
+    .route("/api/v1/nodes", web::get().to(nodes))
+    .route("/webhook", web::post().to(webhook));
 }
 
 /// Who is calling.
@@ -101,25 +114,19 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| bad(format!("unreadable body: {e}")))?;
-        if bytes.len() + chunk.len() > max {
-            return Err(ApiError::new(
-                ErrorCode::TooLarge,
-                &format!("body larger than {max} bytes (limits.max_frame)"),
-            ));
-        }
+        rules::body(bytes.len() + chunk.len(), max)?;
         bytes.extend_from_slice(&chunk);
     }
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("body is not the expected JSON: {e}")))
 }
 
-fn checked_name(field: &str, value: String) -> Result<String, ApiError> {
-    client::name(field, value).map_err(bad)
-}
-
 fn sender(caller: &Caller, from: Option<String>) -> Result<String, ApiError> {
     match caller {
         Caller::User(id) => Ok(id.user.clone()),
-        Caller::Backend => checked_name("from", from.unwrap_or_else(|| "system".into())),
+        Caller::Backend => Ok(rules::name(
+            "from",
+            from.unwrap_or_else(|| DEFAULT_FROM.into()),
+        )?),
     }
 }
 
@@ -134,17 +141,10 @@ fn may_use(caller: &Caller, room: &str) -> Result<(), ApiError> {
 }
 
 fn dedupe(from: &str, cid: Option<String>) -> Result<Option<DedupeKey>, ApiError> {
-    cid.map(|cid| {
-        if cid.is_empty() || cid.len() > client::MAX_NAME {
-            Err(bad("cid must be 1 to 128 characters"))
-        } else {
-            Ok(DedupeKey {
-                user: from.to_owned(),
-                cid,
-            })
-        }
-    })
-    .transpose()
+    Ok(rules::cid(cid)?.map(|cid| DedupeKey {
+        user: from.to_owned(),
+        cid,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -180,15 +180,11 @@ async fn post_room(
     ctx: web::Data<Ctx>,
 ) -> Answer {
     let caller = caller(&req, &ctx, true)?;
-    let room = checked_name("room", path.into_inner())?;
+    let room = rules::name("room", path.into_inner())?;
     may_use(&caller, &room)?;
     let post: RoomPost = json_body(payload, &ctx).await?;
     let from = sender(&caller, post.from)?;
-    let kind = match post.kind {
-        None => "text".to_owned(),
-        Some(k) if !k.is_empty() && k.len() <= 64 => k,
-        Some(_) => return Err(bad("kind must be 1 to 64 characters")),
-    };
+    let kind = rules::kind(post.kind)?;
     let published = publish_room(&ctx, room, from, kind, post.body.to_string(), post.cid).await?;
     Ok(HttpResponse::Created().json(json!({
         "id": published.id,
@@ -210,7 +206,7 @@ async fn post_user(
     ctx: web::Data<Ctx>,
 ) -> Answer {
     let caller = caller(&req, &ctx, true)?;
-    let to = checked_name("user", path.into_inner())?;
+    let to = rules::name("user", path.into_inner())?;
     let post: UserPost = json_body(payload, &ctx).await?;
     let from = sender(&caller, post.from)?;
     let dedupe = dedupe(&from, post.cid)?;
@@ -233,23 +229,20 @@ struct HistoryParams {
 
 async fn history(req: HttpRequest, path: web::Path<String>, ctx: web::Data<Ctx>) -> Answer {
     caller(&req, &ctx, false)?;
-    let room = checked_name("room", path.into_inner())?;
+    let room = rules::name("room", path.into_inner())?;
     let params = web::Query::<HistoryParams>::from_query(req.query_string())
         .map_err(|e| bad(format!("bad query: {e}")))?
         .into_inner();
-    let limit = match params.limit {
-        None => HISTORY_DEFAULT,
-        Some(l) => l
-            .parse::<u64>()
-            .map_err(|_| bad("limit must be a non-negative integer"))?
-            .min(HISTORY_MAX as u64) as usize,
-    };
+    let limit = params
+        .limit
+        .map(|l| l.parse::<u64>())
+        .transpose()
+        .map_err(|_| bad("limit must be a non-negative integer"))?;
+    let limit = rules::history_limit(limit);
     let query = match params.before {
         None => HistoryQuery::Latest { limit },
         Some(b) => HistoryQuery::Before {
-            pos: b
-                .parse::<Pos>()
-                .map_err(|_| bad("before is not a position this service produced"))?,
+            pos: rules::position("before", &b)?,
             limit,
         },
     };
@@ -265,7 +258,7 @@ async fn history(req: HttpRequest, path: web::Path<String>, ctx: web::Data<Ctx>)
 
 async fn presence(req: HttpRequest, path: web::Path<String>, ctx: web::Data<Ctx>) -> Answer {
     caller(&req, &ctx, false)?;
-    let room = checked_name("room", path.into_inner())?;
+    let room = rules::name("room", path.into_inner())?;
     let users = ctx
         .broker
         .presence(&room)
@@ -304,13 +297,14 @@ struct Webhook {
 async fn webhook(req: HttpRequest, payload: web::Payload, ctx: web::Data<Ctx>) -> Answer {
     caller(&req, &ctx, false)?;
     let hook: Webhook = json_body(payload, &ctx).await?;
-    let room = checked_name("roomId", hook.room_id)?;
-    let from = checked_name("sender", hook.sender.unwrap_or_else(|| "system".into()))?;
+    let room = rules::name("roomId", hook.room_id)?;
+    let sender = hook.sender.unwrap_or_else(|| DEFAULT_FROM.into());
+    let from = rules::name("sender", sender)?;
     let published = publish_room(
         &ctx,
         room,
         from,
-        "text".into(),
+        DEFAULT_KIND.into(),
         hook.message.to_string(),
         None,
     )

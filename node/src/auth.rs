@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 use wildmatch::WildMatch;
 
 use crate::config::{AuthMode, Config, ConfigError};
-use crate::protocol::client;
+use crate::protocol::rules;
 
 /// The claims chatmesh reads from a token.
 #[derive(Debug, Deserialize)]
@@ -119,7 +119,7 @@ impl Authenticator {
             _ => AuthError::Invalid(e.to_string()),
         })?;
         let claims = data.claims;
-        let user = client::name("sub", claims.sub).map_err(AuthError::Invalid)?;
+        let user = rules::name("sub", claims.sub).map_err(|e| AuthError::Invalid(e.to_string()))?;
         Ok(Identity {
             user,
             name: claims.name,

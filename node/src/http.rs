@@ -7,6 +7,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::context::Ctx;
+use crate::protocol::rules::RuleError;
 use crate::protocol::ErrorCode;
 
 /// Registers every route of this module.
@@ -45,6 +46,14 @@ impl ApiError {
             code,
             message: message.to_owned(),
         }
+    }
+}
+
+/// A broken input rule answers with the code and message a WebSocket `error`
+/// frame would carry.
+impl From<RuleError> for ApiError {
+    fn from(e: RuleError) -> Self {
+        ApiError::new(e.code(), &e.to_string())
     }
 }
 

@@ -1,9 +1,10 @@
 //! `Connection`: one actor per WebSocket.
 //!
-//! It reads client frames, answers them, and publishes through the broker. Every
-//! request that touches the broker runs under `ctx.wait`, so a connection's
-//! requests take effect one at a time in the order sent — a `publish` right
-//! after a `join` sees the join, and publishes are stored in the order sent.
+//! It reads client frames, parses each once into a [`Command`](crate::protocol::Command)
+//! and runs that command's handler ([`commands`]). Every request that touches
+//! the broker runs under `ctx.wait`, so a connection's requests take effect one
+//! at a time in the order sent — a `publish` right after a `join` sees the
+//! join, and publishes are stored in the order sent.
 //! Outbound frames never pass through this actor's mailbox: rooms and users push
 //! them into the connection's [`Outbox`], which writes them to the socket.
 
@@ -13,26 +14,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chatmesh_broker::{
-    BrokerError, DedupeKey, Envelope, HistoryQuery, Published, Signal, SignalKind, Takeover,
-};
+use chatmesh_broker::{BrokerError, Envelope, Takeover};
 use serde_json::Value;
 
-use super::bridge::{AttachUser, DetachUser, JoinRoom, LeaveRoom};
-use super::room;
+use super::bridge::{AttachUser, DetachUser, LeaveRoom};
 use super::user::Kick;
 use crate::auth::Identity;
-use crate::compose;
 use crate::context::Ctx;
 use crate::ids::{self, ConnId};
 use crate::limiter::TokenBucket;
 use crate::outbox::Outbox;
 use crate::protocol::server::{self, Frame};
-use crate::protocol::{close, parse, ClientFrame, ErrorCode};
+use crate::protocol::{close, parse, ErrorCode, Request};
 use crate::ws::reader::{Inbound, ReadError, Reader};
 
-/// Typing signals cost more than messages: clients send them on every keystroke.
-const TYPING_COST: f64 = 5.0;
+mod commands;
 
 /// See the module docs.
 pub struct Connection {
@@ -108,271 +104,13 @@ impl Connection {
         ctx.stop();
     }
 
-    fn allowed(&mut self, cost: f64, reference: Option<&Value>) -> bool {
-        if self.limiter.try_take(cost, Instant::now()) {
-            true
-        } else {
-            self.error(
-                ErrorCode::RateLimited,
-                "too many requests; slow down",
-                reference,
-            );
-            false
-        }
-    }
-
-    fn permitted(&self, room: &str, reference: Option<&Value>) -> bool {
-        if self.identity.may_use(room) {
-            true
-        } else {
-            self.error(
-                ErrorCode::Forbidden,
-                "your token does not allow this room",
-                reference,
-            );
-            false
-        }
-    }
-
-    fn joined(&self, room: &str, reference: Option<&Value>) -> bool {
-        if self.rooms.contains(room) {
-            true
-        } else {
-            self.error(ErrorCode::NotJoined, "join the room first", reference);
-            false
-        }
-    }
-
+    /// Parses a frame into its command and runs the command's handler
+    /// ([`commands`]); a frame that does not parse is a `bad_request`.
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        let request = match parse(text) {
-            Ok(r) => r,
-            Err(e) => {
-                self.error(ErrorCode::BadRequest, &e.message, e.reference.as_ref());
-                return;
-            }
-        };
-        let reference = request.reference;
-        match request.frame {
-            ClientFrame::Ping => self.send(server::pong(reference.as_ref())),
-            ClientFrame::Join { room, since } => self.join(room, since, reference, ctx),
-            ClientFrame::Leave { room } => {
-                if self.rooms.remove(&room) {
-                    self.ctx.bridge.do_send(LeaveRoom {
-                        room: room.clone(),
-                        conn: self.id,
-                    });
-                    self.send(server::left(&room, reference.as_ref()));
-                } else {
-                    self.error(
-                        ErrorCode::NotJoined,
-                        "not a member of this room",
-                        reference.as_ref(),
-                    );
-                }
-            }
-            ClientFrame::Publish {
-                room,
-                body,
-                kind,
-                cid,
-            } => {
-                if !self.permitted(&room, reference.as_ref())
-                    || !self.joined(&room, reference.as_ref())
-                    || !self.allowed(1.0, reference.as_ref())
-                {
-                    return;
-                }
-                crate::metrics::message_in();
-                let msg = compose::room_message(room, self.user.to_string(), kind, body);
-                let dedupe = self.dedupe(cid);
-                let broker = self.ctx.broker.clone();
-                self.publish(
-                    async move { broker.publish_message(msg, dedupe).await },
-                    reference,
-                    ctx,
-                );
-            }
-            ClientFrame::Direct { to, body, cid } => {
-                if !self.allowed(1.0, reference.as_ref()) {
-                    return;
-                }
-                crate::metrics::message_in();
-                let msg = compose::direct(
-                    self.user.to_string(),
-                    to,
-                    body,
-                    Some(self.session.to_string()),
-                );
-                let dedupe = self.dedupe(cid);
-                let broker = self.ctx.broker.clone();
-                self.publish(
-                    async move { broker.publish_direct(msg, dedupe).await },
-                    reference,
-                    ctx,
-                );
-            }
-            ClientFrame::Typing { room } => {
-                if self.joined(&room, reference.as_ref())
-                    && self.allowed(TYPING_COST, reference.as_ref())
-                {
-                    self.signal(room, SignalKind::Typing, reference, ctx);
-                }
-            }
-            ClientFrame::Read { room, pos } => {
-                if self.joined(&room, reference.as_ref()) && self.allowed(1.0, reference.as_ref()) {
-                    self.signal(room, SignalKind::Read(pos), reference, ctx);
-                }
-            }
-            ClientFrame::History {
-                room,
-                before,
-                limit,
-            } => {
-                if !self.permitted(&room, reference.as_ref()) {
-                    return;
-                }
-                let broker = self.ctx.broker.clone();
-                let query = match before {
-                    Some(pos) => HistoryQuery::Before { pos, limit },
-                    None => HistoryQuery::Latest { limit },
-                };
-                let work = async move {
-                    let h = broker.history(&room, query).await;
-                    (room, h)
-                };
-                ctx.wait(
-                    work.into_actor(self)
-                        .map(move |(room, res), act, _| match res {
-                            Ok(h) => {
-                                act.send(server::history(&room, &h.messages, reference.as_ref()))
-                            }
-                            Err(e) => act.broker_error(&e, reference.as_ref()),
-                        }),
-                );
-            }
-            ClientFrame::Presence { room } => {
-                if !self.permitted(&room, reference.as_ref()) {
-                    return;
-                }
-                let broker = self.ctx.broker.clone();
-                let work = async move {
-                    let users = broker.presence(&room).await;
-                    (room, users)
-                };
-                ctx.wait(
-                    work.into_actor(self)
-                        .map(move |(room, res), act, _| match res {
-                            Ok(users) => {
-                                act.send(server::presence(&room, &users, reference.as_ref()))
-                            }
-                            Err(e) => act.broker_error(&e, reference.as_ref()),
-                        }),
-                );
-            }
+        match parse(text) {
+            Ok(Request { reference, command }) => self.dispatch(command, reference, ctx),
+            Err(e) => self.error(ErrorCode::BadRequest, &e.message, e.reference.as_ref()),
         }
-    }
-
-    fn dedupe(&self, cid: Option<String>) -> Option<DedupeKey> {
-        cid.map(|cid| DedupeKey {
-            user: self.user.to_string(),
-            cid,
-        })
-    }
-
-    fn publish<F>(&mut self, work: F, reference: Option<Value>, ctx: &mut Context<Self>)
-    where
-        F: std::future::Future<Output = Result<Published, BrokerError>> + 'static,
-    {
-        let timed = async move {
-            let started = Instant::now();
-            let res = work.await;
-            crate::metrics::broker_publish(started.elapsed().as_secs_f64());
-            res
-        };
-        ctx.wait(timed.into_actor(self).map(move |res, act, _| match res {
-            Ok(p) => act.send(server::ack(&p.id, p.pos, reference.as_ref())),
-            Err(e) => act.broker_error(&e, reference.as_ref()),
-        }));
-    }
-
-    fn signal(
-        &mut self,
-        room: String,
-        kind: SignalKind,
-        reference: Option<Value>,
-        ctx: &mut Context<Self>,
-    ) {
-        let broker = self.ctx.broker.clone();
-        let env = Envelope::Signal(Signal {
-            room,
-            user: self.user.to_string(),
-            kind,
-        });
-        ctx.wait(
-            async move { broker.publish_ephemeral(env).await }
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    if let Err(e) = res {
-                        act.broker_error(&e, reference.as_ref());
-                    }
-                }),
-        );
-    }
-
-    fn join(
-        &mut self,
-        room: String,
-        since: Option<chatmesh_broker::Pos>,
-        reference: Option<Value>,
-        ctx: &mut Context<Self>,
-    ) {
-        if !self.permitted(&room, reference.as_ref()) {
-            return;
-        }
-        let max = self.ctx.config.limits.max_rooms_per_connection;
-        if !self.rooms.contains(&room) && self.rooms.len() >= max {
-            self.error(
-                ErrorCode::BadRequest,
-                &format!(
-                    "a connection may join at most {max} rooms (limits.max_rooms_per_connection)"
-                ),
-                reference.as_ref(),
-            );
-            return;
-        }
-        // Recorded before the answer so that a close while joining still leaves.
-        self.rooms.insert(room.clone());
-        let request = JoinRoom {
-            room: room.clone(),
-            join: room::Join {
-                conn: self.id,
-                user: self.user.clone(),
-                outbox: self.outbox.clone(),
-                since,
-                reference: reference.clone(),
-            },
-        };
-        ctx.wait(
-            self.ctx
-                .bridge
-                .send(request)
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    let code = match res {
-                        Ok(Ok(_)) => return,
-                        Ok(Err(code)) => code,
-                        Err(_) => ErrorCode::Internal,
-                    };
-                    act.rooms.remove(&room);
-                    let message = match code {
-                        ErrorCode::Unavailable => {
-                            "the message broker is unavailable; retry the join later"
-                        }
-                        _ => "join failed",
-                    };
-                    act.error(code, message, reference.as_ref());
-                }),
-        );
     }
 }
 

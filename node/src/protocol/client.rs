@@ -1,65 +1,41 @@
-//! Parsing of client frames.
+//! Client frames parsed into [`Command`]s, in one place.
 //!
-//! Parsing goes through a JSON object first so that `ref` can be echoed on the
-//! error reply even when the rest of the frame is wrong, and so that each error
-//! says which field is wrong. Unknown extra fields are ignored (clients newer
-//! than the node may send them). A body is kept as JSON text, checked once here
-//! and never parsed again on its way to other clients.
+//! A frame becomes a [`Request`]: its `ref` and one [`Command`], whose variant
+//! holds a small type per frame (`Join`, `Publish`, …) with its own `parse`. A
+//! type holds only values that passed the [`rules`](super::rules), so a handler
+//! never checks a field again. Parsing goes through a JSON object first so that
+//! `ref` can be echoed on the error reply even when the rest of the frame is
+//! wrong, and so that each error says which field is wrong. Unknown extra fields
+//! are ignored (clients newer than the node may send them). A body is kept as
+//! JSON text, checked once here and never parsed again on its way to other
+//! clients.
 
 use chatmesh_broker::Pos;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// The longest room or user name, in characters.
-pub const MAX_NAME: usize = 128;
-/// Default and largest `limit` of a history request.
-pub const HISTORY_DEFAULT: usize = 50;
-pub const HISTORY_MAX: usize = 500;
+use super::rules::{self, RuleError};
+pub use super::rules::{HISTORY_DEFAULT, HISTORY_MAX, MAX_NAME};
 
 /// A parsed frame with its `ref`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     pub reference: Option<Value>,
-    pub frame: ClientFrame,
+    pub command: Command,
 }
 
-/// What a client asked for.
+/// What a client asked for: one variant per frame `type`.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ClientFrame {
-    Join {
-        room: String,
-        since: Option<Pos>,
-    },
-    Leave {
-        room: String,
-    },
-    Publish {
-        room: String,
-        body: String,
-        kind: String,
-        cid: Option<String>,
-    },
-    Direct {
-        to: String,
-        body: String,
-        cid: Option<String>,
-    },
-    Typing {
-        room: String,
-    },
-    Read {
-        room: String,
-        pos: String,
-    },
-    History {
-        room: String,
-        before: Option<Pos>,
-        limit: usize,
-    },
-    Presence {
-        room: String,
-    },
+pub enum Command {
+    Join(Join),
+    Leave(Leave),
+    Publish(Publish),
+    Direct(Direct),
+    Typing(Typing),
+    Read(Read),
+    History(History),
+    Presence(Presence),
     Ping,
 }
 
@@ -70,43 +46,13 @@ pub struct FrameError {
     pub message: String,
 }
 
-#[derive(Deserialize)]
-struct RoomOnly {
-    room: String,
-}
+/// Why a frame's fields were refused: its shape, or a rule.
+struct Invalid(String);
 
-#[derive(Deserialize)]
-struct Join {
-    room: String,
-    since: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Publish {
-    room: String,
-    body: Value,
-    kind: Option<String>,
-    cid: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Direct {
-    to: String,
-    body: Value,
-    cid: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Read {
-    room: String,
-    pos: String,
-}
-
-#[derive(Deserialize)]
-struct History {
-    room: String,
-    before: Option<String>,
-    limit: Option<u64>,
+impl From<RuleError> for Invalid {
+    fn from(e: RuleError) -> Self {
+        Invalid(e.to_string())
+    }
 }
 
 /// Parses one text frame.
@@ -121,120 +67,213 @@ pub fn parse(text: &str) -> Result<Request, FrameError> {
             message: "frame must be a JSON object".into(),
         });
     };
-    let reference = match obj.remove("ref") {
-        None | Some(Value::Null) => None,
-        Some(r @ (Value::String(_) | Value::Number(_))) => Some(r),
-        Some(_) => {
-            return Err(FrameError {
-                reference: None,
-                message: "ref must be a string or a number".into(),
-            })
-        }
-    };
-    frame(&mut obj)
-        .map(|frame| Request {
-            reference: reference.clone(),
-            frame,
+    let reference = reference(&mut obj)?;
+    match Command::parse(obj) {
+        Ok(command) => Ok(Request { reference, command }),
+        Err(Invalid(message)) => Err(FrameError { reference, message }),
+    }
+}
+
+fn reference(obj: &mut Map<String, Value>) -> Result<Option<Value>, FrameError> {
+    match obj.remove("ref") {
+        None | Some(Value::Null) => Ok(None),
+        Some(r @ (Value::String(_) | Value::Number(_))) => Ok(Some(r)),
+        Some(_) => Err(FrameError {
+            reference: None,
+            message: "ref must be a string or a number".into(),
+        }),
+    }
+}
+
+impl Command {
+    /// Picks the command by `type`; the command's own `parse` reads the rest.
+    fn parse(mut obj: Map<String, Value>) -> Result<Command, Invalid> {
+        let kind = match obj.remove("type") {
+            Some(Value::String(t)) => t,
+            Some(_) => return Err(Invalid("type must be a string".into())),
+            None => return Err(Invalid("missing field `type`".into())),
+        };
+        Ok(match kind.as_str() {
+            "join" => Command::Join(Join::parse(obj)?),
+            "leave" => Command::Leave(Leave::parse(obj)?),
+            "publish" => Command::Publish(Publish::parse(obj)?),
+            "direct" => Command::Direct(Direct::parse(obj)?),
+            "typing" => Command::Typing(Typing::parse(obj)?),
+            "read" => Command::Read(Read::parse(obj)?),
+            "history" => Command::History(History::parse(obj)?),
+            "presence" => Command::Presence(Presence::parse(obj)?),
+            "ping" => Command::Ping,
+            other => {
+                let shown: String = other.chars().take(32).collect();
+                return Err(Invalid(format!("unknown frame type `{shown}`")));
+            }
         })
-        .map_err(|message| FrameError { reference, message })
-}
-
-fn frame(obj: &mut Map<String, Value>) -> Result<ClientFrame, String> {
-    let kind = match obj.remove("type") {
-        Some(Value::String(t)) => t,
-        Some(_) => return Err("type must be a string".into()),
-        None => return Err("missing field `type`".into()),
-    };
-    let obj = std::mem::take(obj);
-    Ok(match kind.as_str() {
-        "join" => {
-            let f: Join = fields(obj)?;
-            ClientFrame::Join {
-                room: name("room", f.room)?,
-                since: f.since.map(|s| position("since", &s)).transpose()?,
-            }
-        }
-        "leave" => ClientFrame::Leave {
-            room: name("room", fields::<RoomOnly>(obj)?.room)?,
-        },
-        "publish" => {
-            let f: Publish = fields(obj)?;
-            ClientFrame::Publish {
-                room: name("room", f.room)?,
-                body: f.body.to_string(),
-                kind: match f.kind {
-                    None => "text".into(),
-                    Some(k) => short("kind", k, 64)?,
-                },
-                cid: f.cid.map(|c| short("cid", c, MAX_NAME)).transpose()?,
-            }
-        }
-        "direct" => {
-            let f: Direct = fields(obj)?;
-            ClientFrame::Direct {
-                to: name("to", f.to)?,
-                body: f.body.to_string(),
-                cid: f.cid.map(|c| short("cid", c, MAX_NAME)).transpose()?,
-            }
-        }
-        "typing" => ClientFrame::Typing {
-            room: name("room", fields::<RoomOnly>(obj)?.room)?,
-        },
-        "read" => {
-            let f: Read = fields(obj)?;
-            ClientFrame::Read {
-                room: name("room", f.room)?,
-                pos: short("pos", f.pos, 64)?,
-            }
-        }
-        "history" => {
-            let f: History = fields(obj)?;
-            let limit = f.limit.map_or(HISTORY_DEFAULT, |l| {
-                usize::try_from(l).unwrap_or(HISTORY_MAX).min(HISTORY_MAX)
-            });
-            ClientFrame::History {
-                room: name("room", f.room)?,
-                before: f.before.map(|s| position("before", &s)).transpose()?,
-                limit,
-            }
-        }
-        "presence" => ClientFrame::Presence {
-            room: name("room", fields::<RoomOnly>(obj)?.room)?,
-        },
-        "ping" => ClientFrame::Ping,
-        other => {
-            let shown: String = other.chars().take(32).collect();
-            return Err(format!("unknown frame type `{shown}`"));
-        }
-    })
-}
-
-fn fields<T: DeserializeOwned>(obj: Map<String, Value>) -> Result<T, String> {
-    serde_json::from_value(Value::Object(obj)).map_err(|e| e.to_string())
-}
-
-/// Checks a room or user name: 1 to [`MAX_NAME`] characters, no control characters.
-pub fn name(field: &str, value: String) -> Result<String, String> {
-    if value.is_empty() {
-        return Err(format!("{field} must not be empty"));
     }
-    short(field, value, MAX_NAME)
 }
 
-fn short(field: &str, value: String, max: usize) -> Result<String, String> {
-    if value.chars().count() > max {
-        return Err(format!("{field} is longer than {max} characters"));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(format!("{field} contains control characters"));
-    }
-    Ok(value)
+/// The fields of a frame as sent, before the rules.
+fn fields<T: DeserializeOwned>(obj: Map<String, Value>) -> Result<T, Invalid> {
+    serde_json::from_value(Value::Object(obj)).map_err(|e| Invalid(e.to_string()))
 }
 
-fn position(field: &str, value: &str) -> Result<Pos, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{field} is not a position this service produced"))
+fn room_of(obj: Map<String, Value>) -> Result<String, Invalid> {
+    #[derive(Deserialize)]
+    struct Wire {
+        room: String,
+    }
+    Ok(rules::name("room", fields::<Wire>(obj)?.room)?)
+}
+
+fn position(field: &'static str, value: Option<String>) -> Result<Option<Pos>, Invalid> {
+    Ok(value.map(|s| rules::position(field, &s)).transpose()?)
+}
+
+/// The commands that name only a room, each a type of its own.
+macro_rules! room_commands {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name {
+            pub room: String,
+        }
+
+        impl $name {
+            fn parse(obj: Map<String, Value>) -> Result<Self, Invalid> {
+                Ok($name { room: room_of(obj)? })
+            }
+        }
+    )*};
+}
+
+room_commands!(
+    /// `leave`: stop being a member of `room`.
+    Leave,
+    /// `typing`: an ephemeral signal to `room`.
+    Typing,
+    /// `presence`: who is in `room`.
+    Presence,
+);
+
+/// `join`: become a member of `room`, replaying what came after `since`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Join {
+    pub room: String,
+    pub since: Option<Pos>,
+}
+
+impl Join {
+    fn parse(obj: Map<String, Value>) -> Result<Self, Invalid> {
+        #[derive(Deserialize)]
+        struct Wire {
+            room: String,
+            since: Option<String>,
+        }
+        let w: Wire = fields(obj)?;
+        Ok(Join {
+            room: rules::name("room", w.room)?,
+            since: position("since", w.since)?,
+        })
+    }
+}
+
+/// `publish`: a message to `room`; `body` is JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    pub room: String,
+    pub body: String,
+    pub kind: String,
+    pub cid: Option<String>,
+}
+
+impl Publish {
+    fn parse(obj: Map<String, Value>) -> Result<Self, Invalid> {
+        #[derive(Deserialize)]
+        struct Wire {
+            room: String,
+            body: Value,
+            kind: Option<String>,
+            cid: Option<String>,
+        }
+        let w: Wire = fields(obj)?;
+        Ok(Publish {
+            room: rules::name("room", w.room)?,
+            body: w.body.to_string(),
+            kind: rules::kind(w.kind)?,
+            cid: rules::cid(w.cid)?,
+        })
+    }
+}
+
+/// `direct`: a message to every connection of user `to`; `body` is JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Direct {
+    pub to: String,
+    pub body: String,
+    pub cid: Option<String>,
+}
+
+impl Direct {
+    fn parse(obj: Map<String, Value>) -> Result<Self, Invalid> {
+        #[derive(Deserialize)]
+        struct Wire {
+            to: String,
+            body: Value,
+            cid: Option<String>,
+        }
+        let w: Wire = fields(obj)?;
+        Ok(Direct {
+            to: rules::name("to", w.to)?,
+            body: w.body.to_string(),
+            cid: rules::cid(w.cid)?,
+        })
+    }
+}
+
+/// `read`: tells `room` how far the user has read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read {
+    pub room: String,
+    pub pos: String,
+}
+
+impl Read {
+    fn parse(obj: Map<String, Value>) -> Result<Self, Invalid> {
+        #[derive(Deserialize)]
+        struct Wire {
+            room: String,
+            pos: String,
+        }
+        let w: Wire = fields(obj)?;
+        Ok(Read {
+            room: rules::name("room", w.room)?,
+            pos: rules::read_pos(w.pos)?,
+        })
+    }
+}
+
+/// `history`: the latest `limit` messages of `room` before `before`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    pub room: String,
+    pub before: Option<Pos>,
+    pub limit: usize,
+}
+
+impl History {
+    fn parse(obj: Map<String, Value>) -> Result<Self, Invalid> {
+        #[derive(Deserialize)]
+        struct Wire {
+            room: String,
+            before: Option<String>,
+            limit: Option<u64>,
+        }
+        let w: Wire = fields(obj)?;
+        Ok(History {
+            room: rules::name("room", w.room)?,
+            before: position("before", w.before)?,
+            limit: rules::history_limit(w.limit),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -262,77 +301,74 @@ mod tests {
             )),
             Request {
                 reference: Some(json!(1)),
-                frame: ClientFrame::Join {
+                command: Command::Join(Join {
                     room: "general".into(),
                     since: Some(pos)
-                }
+                })
             }
         );
         assert_eq!(
-            ok(r#"{"type":"leave","room":"r"}"#).frame,
-            ClientFrame::Leave { room: "r".into() }
+            ok(r#"{"type":"leave","room":"r"}"#).command,
+            Command::Leave(Leave { room: "r".into() })
         );
         assert_eq!(
-            ok(r#"{"type":"publish","room":"r","body":{"a":[1,2]},"ref":"x"}"#).frame,
-            ClientFrame::Publish {
+            ok(r#"{"type":"publish","room":"r","body":{"a":[1,2]},"ref":"x"}"#).command,
+            Command::Publish(Publish {
                 room: "r".into(),
                 body: r#"{"a":[1,2]}"#.into(),
                 kind: "text".into(),
                 cid: None
-            }
+            })
         );
         assert_eq!(
-            ok(r#"{"type":"publish","room":"r","body":null,"kind":"image","cid":"c"}"#).frame,
-            ClientFrame::Publish {
+            ok(r#"{"type":"publish","room":"r","body":null,"kind":"image","cid":"c"}"#).command,
+            Command::Publish(Publish {
                 room: "r".into(),
                 body: "null".into(),
                 kind: "image".into(),
                 cid: Some("c".into())
-            }
+            })
         );
         assert_eq!(
-            ok(r#"{"type":"direct","to":"bob","body":"hi"}"#).frame,
-            ClientFrame::Direct {
+            ok(r#"{"type":"direct","to":"bob","body":"hi"}"#).command,
+            Command::Direct(Direct {
                 to: "bob".into(),
                 body: "\"hi\"".into(),
                 cid: None
-            }
+            })
         );
         assert_eq!(
-            ok(r#"{"type":"typing","room":"r"}"#).frame,
-            ClientFrame::Typing { room: "r".into() }
+            ok(r#"{"type":"typing","room":"r"}"#).command,
+            Command::Typing(Typing { room: "r".into() })
         );
         assert_eq!(
-            ok(r#"{"type":"read","room":"r","pos":"p"}"#).frame,
-            ClientFrame::Read {
+            ok(r#"{"type":"read","room":"r","pos":"p"}"#).command,
+            Command::Read(Read {
                 room: "r".into(),
                 pos: "p".into()
-            }
+            })
         );
         assert_eq!(
-            ok(r#"{"type":"history","room":"r"}"#).frame,
-            ClientFrame::History {
+            ok(r#"{"type":"history","room":"r"}"#).command,
+            Command::History(History {
                 room: "r".into(),
                 before: None,
                 limit: 50
-            }
+            })
         );
         assert_eq!(
-            ok(r#"{"type":"history","room":"r","limit":100000}"#).frame,
-            ClientFrame::History {
+            ok(r#"{"type":"history","room":"r","limit":100000}"#).command,
+            Command::History(History {
                 room: "r".into(),
                 before: None,
                 limit: 500
-            }
+            })
         );
         assert_eq!(
-            ok(r#"{"type":"presence","room":"r"}"#).frame,
-            ClientFrame::Presence { room: "r".into() }
+            ok(r#"{"type":"presence","room":"r"}"#).command,
+            Command::Presence(Presence { room: "r".into() })
         );
-        assert_eq!(
-            ok(r#"{"type":"ping","extra":true}"#).frame,
-            ClientFrame::Ping
-        );
+        assert_eq!(ok(r#"{"type":"ping","extra":true}"#).command, Command::Ping);
     }
 
     #[test]

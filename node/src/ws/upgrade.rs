@@ -28,7 +28,7 @@ use crate::context::Ctx;
 use crate::http::ApiError;
 use crate::ids;
 use crate::outbox::{Outbox, Writer};
-use crate::protocol::{client, ErrorCode};
+use crate::protocol::{rules, ErrorCode};
 
 /// The longest an upgrade waits for the user's subscription.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,10 +123,7 @@ fn accept(ctx: &Ctx, req: &Request) -> Result<(Identity, Option<String>, Vec<u8>
     let identity = identify(&head.headers, &query, ctx)?;
     let device = match query.get("device") {
         None => None,
-        Some(d) => Some(
-            client::name("device", d.clone())
-                .map_err(|e| ApiError::new(ErrorCode::BadRequest, &e))?,
-        ),
+        Some(d) => Some(rules::name("device", d.clone())?),
     };
     let key = head
         .headers
@@ -148,9 +145,7 @@ fn identify(
     match ctx.auth.mode() {
         AuthMode::None => match query.get("user") {
             None => Ok(Identity::unrestricted(ids::guest_id())),
-            Some(u) => client::name("user", u.clone())
-                .map(Identity::unrestricted)
-                .map_err(|e| ApiError::new(ErrorCode::BadRequest, &e)),
+            Some(u) => Ok(Identity::unrestricted(rules::name("user", u.clone())?)),
         },
         AuthMode::Jwt => {
             let token = query
