@@ -1,4 +1,5 @@
-//! The conformance suite every networked [`Broker`] runs against its real server.
+//! The conformance suite every [`Broker`] runs: the networked ones against
+//! their real server, the memory broker on a [`crate::MemoryHub`].
 //!
 //! Test-support code, built only with the `conformance` feature (enabled by the
 //! broker crates as a dev-dependency feature). It holds:
@@ -7,11 +8,11 @@
 //! - checks (`pub async fn`) that take a [`Factory`], which makes a broker
 //!   (not yet connected) for given settings, and play two nodes with two brokers.
 //!
-//! Each broker crate runs every check as a `#[tokio::test]` of its own: the
-//! checks that take only a factory through [`conformance_tests!`](crate::conformance_tests),
-//! the others (they take names or a server to start) by hand, next to the checks
-//! that only make sense for that broker (clusters, restarts, connection counts,
-//! storage).
+//! [`conformance_tests!`](crate::conformance_tests) turns every check into a
+//! `#[tokio::test]` of the calling crate named after it, given a factory and
+//! what the other checks need (the [`OddNames`], a stopped server): one
+//! invocation per broker crate, next to its own tests of what only makes sense
+//! for that broker (clusters, restarts, connection counts, storage).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -396,6 +397,12 @@ pub async fn history_latest_before_since<B: Broker + ?Sized>(a: &B) -> Vec<Pos> 
     pos
 }
 
+/// [`history_latest_before_since`] on a new broker of `f` with `history_size` 3.
+pub async fn history_of_a_new_broker(f: &impl Factory) -> Vec<Pos> {
+    let (a, _rx) = node(f, settings(&ns("history"), 3, TTL)).await;
+    history_latest_before_since(&*a).await
+}
+
 /// Joins and leaves from two nodes: one change per user, the set is shared.
 pub async fn presence_changes_across_nodes(f: &impl Factory) {
     let ns = ns("presence");
@@ -615,6 +622,18 @@ pub async fn starts_while_down_and_connects_later<B: Broker + ?Sized>(b: &B, sta
     ));
 }
 
+/// [`starts_while_down_and_connects_later`] on `server`, a stopped server that
+/// lives for the whole check: `broker` makes the broker on it, `start`
+/// starts it.
+pub async fn starts_while_down_on<S, B: Broker>(
+    mut server: S,
+    broker: impl FnOnce(&S, BrokerSettings) -> B,
+    start: impl FnOnce(&mut S),
+) {
+    let b = broker(&server, settings(&ns("late"), 10, TTL));
+    starts_while_down_and_connects_later(&b, || start(&mut server)).await;
+}
+
 /// Signals and takeovers reach their topic, without a position.
 pub async fn ephemeral_envelopes_reach_their_topic(f: &impl Factory) {
     let ns = ns("eph");
@@ -642,12 +661,62 @@ pub async fn ephemeral_envelopes_reach_their_topic(f: &impl Factory) {
     assert_eq!((d2.topic, d2.envelope), (Topic::User("u".into()), take));
 }
 
-/// Defines one `#[tokio::test]` per check of this module that takes only a
-/// [`Factory`], named after the check. `$factory` is evaluated in each test and
-/// must keep its server up for as long as it lives (a closure that owns it).
-/// The calling crate needs `tokio` with the `macros` and `rt` features.
+/// Defines one `#[tokio::test]` per check of this module, named after it.
+///
+/// - `conformance_tests!(factory)`: the checks that take only a [`Factory`].
+/// - `conformance_tests!(factory: f, odd_names: names)`: those, plus
+///   `history_latest_before_since` (on a broker of `f` with `history_size` 3)
+///   and `odd_names_work` with `names` (an [`OddNames`]).
+/// - `conformance_tests!(factory: f, odd_names: names, stopped: server,
+///   broker_on: |server, settings| broker, start: |server| ...)`: every check,
+///   `starts_while_down_and_connects_later` too, through
+///   [`starts_while_down_on`] (`server` is evaluated in that test only).
+///
+/// `f` is evaluated in each test and must keep its server up for as long as
+/// it lives (a closure that owns it). The calling crate needs `tokio` with
+/// the `macros` and `rt` features.
 #[macro_export]
 macro_rules! conformance_tests {
+    (factory: $factory:expr, odd_names: $names:expr $(,)?) => {
+        $crate::conformance_tests!($factory);
+
+        #[tokio::test]
+        async fn history_latest_before_since() {
+            let factory = $factory;
+            $crate::conformance::history_of_a_new_broker(&factory).await;
+        }
+
+        #[tokio::test]
+        async fn odd_names_work() {
+            let factory = $factory;
+            $crate::conformance::odd_names_work(&factory, $names).await;
+        }
+    };
+    (
+        factory: $factory:expr,
+        odd_names: $names:expr,
+        stopped: $server:expr,
+        broker_on: $broker:expr,
+        start: $start:expr $(,)?
+    ) => {
+        $crate::conformance_tests!(factory: $factory, odd_names: $names);
+
+        #[tokio::test]
+        async fn starts_while_down_and_connects_later() {
+            $crate::conformance::starts_while_down_on($server, $broker, $start).await;
+        }
+    };
+    (@each $factory:expr; $($check:ident),+) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let factory = $factory;
+                $crate::conformance::$check(&factory).await;
+            }
+        )+
+    };
+    // Last: the named forms above start with the token `factory`, which an
+    // `expr` fragment would otherwise take for a path.
     ($factory:expr) => {
         $crate::conformance_tests!(@each $factory;
             delivers_once_with_pos_to_the_subscribed_node,
@@ -658,14 +727,5 @@ macro_rules! conformance_tests {
             namespaces_are_isolated,
             ephemeral_envelopes_reach_their_topic
         );
-    };
-    (@each $factory:expr; $($check:ident),+) => {
-        $(
-            #[tokio::test]
-            async fn $check() {
-                let factory = $factory;
-                $crate::conformance::$check(&factory).await;
-            }
-        )+
     };
 }

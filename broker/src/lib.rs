@@ -15,14 +15,15 @@
 //! - [`pos`]: [`Pos`], the position of a message in a room's history.
 //! - [`topic`]: [`Topic`], what a node subscribes to.
 //! - [`error`]: [`BrokerError`], which tells a caller whether to retry.
-//! - [`memory`]: [`MemoryBroker`], the embedded in-process broker for one node.
+//! - [`memory`]: [`MemoryBroker`], the embedded in-process broker, and
+//!   [`MemoryHub`], which several in-process nodes share.
 //! - [`settings`]: [`BrokerSettings`], what every broker is configured with.
 //! - [`dedupe`]: the `cid` dedupe window shared by brokers that keep it in process.
 //! - [`support`]: what every networked broker needs besides its own API (the
 //!   event plumbing, the link state and backoff, the local presence entries,
 //!   name escaping, `broker.url` checks), written once.
-//! - `conformance` (feature `conformance`): the checks every networked broker's
-//!   integration tests run against its real server.
+//! - `conformance` (feature `conformance`): the checks every broker's
+//!   integration tests run (the networked ones against their real server).
 
 pub mod broker;
 pub mod codec;
@@ -45,7 +46,7 @@ pub use envelope::{
     DirectMessage, Envelope, PresenceChange, RoomMessage, Signal, SignalKind, Takeover,
 };
 pub use error::{BrokerError, Cause};
-pub use memory::{MemoryBroker, MemoryConfig};
+pub use memory::{MemoryBroker, MemoryConfig, MemoryHub};
 pub use pos::Pos;
 pub use settings::BrokerSettings;
 pub use topic::Topic;

@@ -1,19 +1,44 @@
-//! `MemoryBroker`: the embedded broker of a single node.
+//! `MemoryBroker`: the embedded in-process broker, and [`MemoryHub`], the
+//! in-process "server" several of them share.
 //!
-//! Everything lives in one process behind one async mutex, which is also what
-//! gives the ordering guarantee: a message is stored, positioned and handed to
-//! the event channel under the same lock, so history order is delivery order.
-//! Its epoch is random per process, so a client that recovers across a node
-//! restart is told `recovered: false` instead of silently missing messages.
-//! Presence and heartbeats never expire here: a crash takes the broker with it.
+//! A [`MemoryHub`] holds every namespace's room logs, dedupe window, presence
+//! and node registry behind one async mutex, which is also what gives the
+//! ordering guarantee: a message is stored, positioned and handed to every
+//! subscribed node's event channel under the same lock, so history order is
+//! delivery order for every node. A [`MemoryBroker`] is one node's link to a
+//! hub: [`MemoryBroker::new`] makes a node with a hub of its own (what a
+//! single chatmesh node runs), [`MemoryBroker::attach`] (or
+//! [`MemoryHub::node`]) adds a node to a shared hub (several nodes in one
+//! process, as the conformance suite plays them).
+//!
+//! - **Epoch.** Random per hub, so a client that recovers across a node
+//!   restart (a new hub) is told `recovered: false` instead of silently
+//!   missing messages.
+//! - **Namespaces.** Nodes of different namespaces on one hub share nothing.
+//!   The nodes of a namespace share its dedupe windows (one per room for
+//!   messages, one per recipient for directs, as Redis and NATS scope them),
+//!   whose length is the first node's `dedupe_window`; a room is trimmed to
+//!   the publisher's `history_size`.
+//! - **Presence.** Entries and heartbeats expire after the presence TTL, as
+//!   the [`Presence`] contract says: a node's heartbeat refreshes its own
+//!   entries, then sweeps the namespace's expired ones and delivers their
+//!   leaves. A node that stops heartbeating (closed, or dropped without a
+//!   leave: a crash) therefore leaves within the TTL plus one heartbeat of a
+//!   live node; reads never show expired entries.
+//! - **Life cycle.** A node's link is up from the start (there is no server to
+//!   wait for). A closed or dropped node receives nothing more and its calls
+//!   fail with [`BrokerError::Closed`]; the other nodes of the hub go on.
+//! - **Backpressure.** Delivery waits for room in each subscribed node's event
+//!   channel under the hub lock, so a node that stops draining its events
+//!   stalls the whole hub once its buffer is full.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex as StdMutex;
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::dedupe::DedupeWindow;
 use crate::{
@@ -25,8 +50,11 @@ use crate::{
 /// How many events may wait for the node's bridge before publishers wait.
 const EVENT_BUFFER: usize = 16 * 1024;
 
-/// Settings of the embedded broker (the namespace does not matter in one process).
+/// Settings of an in-process node; `namespace` isolates nodes sharing a hub.
 pub type MemoryConfig = crate::BrokerSettings;
+
+/// Which node (broker value) of a hub a link or presence entry belongs to.
+type NodeKey = u64;
 
 #[derive(Debug, Default)]
 struct RoomLog {
@@ -34,65 +62,312 @@ struct RoomLog {
     ring: VecDeque<(Pos, RoomMessage)>,
 }
 
-struct State {
-    rooms: HashMap<String, RoomLog>,
-    subscribed: HashSet<Topic>,
-    dedupe: DedupeWindow,
-    /// room → user → nodes that have the user in the room.
-    presence: HashMap<String, BTreeMap<String, BTreeSet<String>>>,
-    nodes: BTreeMap<String, NodeInfo>,
+/// One `(room, user, node)` presence entry: who refreshes it, until when.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    owner: NodeKey,
+    expires: Instant,
 }
 
-/// The in-process broker. See the module docs.
-pub struct MemoryBroker {
-    config: MemoryConfig,
-    epoch: u64,
-    state: Mutex<State>,
+/// A node's last heartbeat.
+#[derive(Debug)]
+struct Beat {
+    info: NodeInfo,
+    expires: Instant,
+}
+
+/// Where a subscribed node's deliveries go.
+struct Link {
     tx: mpsc::Sender<BrokerEvent>,
-    rx: StdMutex<Option<mpsc::Receiver<BrokerEvent>>>,
-    closed: AtomicBool,
+    topics: HashSet<Topic>,
+    /// Set by `close` and by dropping the broker: deliver nothing more.
+    detached: Arc<AtomicBool>,
 }
 
-impl MemoryBroker {
-    pub fn new(config: MemoryConfig) -> Self {
-        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+/// room → user → node id → entry.
+type PresenceMap = HashMap<String, BTreeMap<String, BTreeMap<String, Entry>>>;
+
+/// One namespace's state on a hub.
+struct Space {
+    rooms: HashMap<String, RoomLog>,
+    /// How long each window below remembers a `cid`.
+    dedupe_window: Duration,
+    /// A window per room for messages and per recipient for directs, the
+    /// scopes Redis and NATS keep their dedupe keys in: one `cid` may be a
+    /// message and a direct.
+    dedupe: HashMap<Topic, DedupeWindow>,
+    presence: PresenceMap,
+    nodes: BTreeMap<String, Beat>,
+    links: BTreeMap<NodeKey, Link>,
+}
+
+struct HubInner {
+    epoch: u64,
+    next_node: AtomicU64,
+    spaces: Mutex<HashMap<String, Space>>,
+}
+
+/// The shared in-process broker "server": cheap to clone, every clone is the
+/// same hub. See the module docs.
+#[derive(Clone)]
+pub struct MemoryHub {
+    inner: Arc<HubInner>,
+}
+
+impl MemoryHub {
+    /// An empty hub with a new random epoch.
+    pub fn new() -> Self {
         Self {
-            epoch: rand::random::<u64>() >> 16 | 1,
-            state: Mutex::new(State {
-                rooms: HashMap::new(),
-                subscribed: HashSet::new(),
-                dedupe: DedupeWindow::new(config.dedupe_window),
-                presence: HashMap::new(),
-                nodes: BTreeMap::new(),
+            inner: Arc::new(HubInner {
+                epoch: rand::random::<u64>() >> 16 | 1,
+                next_node: AtomicU64::new(0),
+                spaces: Mutex::new(HashMap::new()),
             }),
-            config,
-            tx,
-            rx: StdMutex::new(Some(rx)),
-            closed: AtomicBool::new(false),
         }
     }
 
+    /// A new node on this hub; the same as [`MemoryBroker::attach`].
+    pub fn node(&self, config: MemoryConfig) -> MemoryBroker {
+        MemoryBroker::attach(self, config)
+    }
+}
+
+impl Default for MemoryHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One node's link to a [`MemoryHub`]. See the module docs.
+pub struct MemoryBroker {
+    hub: MemoryHub,
+    config: MemoryConfig,
+    key: NodeKey,
+    detached: Arc<AtomicBool>,
+    tx: mpsc::Sender<BrokerEvent>,
+    rx: StdMutex<Option<mpsc::Receiver<BrokerEvent>>>,
+}
+
+impl MemoryBroker {
+    /// A node with a hub of its own: the embedded broker of a single node.
+    pub fn new(config: MemoryConfig) -> Self {
+        Self::attach(&MemoryHub::new(), config)
+    }
+
+    /// A new node on `hub`, next to the nodes already attached to it.
+    pub fn attach(hub: &MemoryHub, config: MemoryConfig) -> Self {
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        Self {
+            hub: hub.clone(),
+            config,
+            key: hub.inner.next_node.fetch_add(1, Ordering::Relaxed),
+            detached: Arc::new(AtomicBool::new(false)),
+            tx,
+            rx: StdMutex::new(Some(rx)),
+        }
+    }
+
+    /// The hub this node is attached to, to attach more nodes to it.
+    pub fn hub(&self) -> &MemoryHub {
+        &self.hub
+    }
+
     fn check_open(&self) -> Result<(), BrokerError> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.detached.load(Ordering::Acquire) {
             Err(BrokerError::Closed)
         } else {
             Ok(())
         }
     }
 
-    /// Hands an envelope to the node if it subscribed to the topic. Called with
-    /// the state lock held, which is what keeps per-topic order.
-    async fn deliver(&self, state: &State, topic: Topic, pos: Option<Pos>, envelope: Envelope) {
-        if state.subscribed.contains(&topic) {
-            let event = BrokerEvent::Delivery(Delivery {
-                topic,
-                pos,
-                envelope,
-            });
-            // The receiver only goes away when the node shuts down.
-            let _ = self.tx.send(event).await;
+    /// This node's namespace under the hub lock; every operation holds it
+    /// from its check to its deliveries, which is what makes it atomic.
+    async fn space(&self) -> MappedMutexGuard<'_, Space> {
+        let spaces = self.hub.inner.spaces.lock().await;
+        MutexGuard::map(spaces, |spaces| {
+            spaces
+                .entry(self.config.namespace.clone())
+                .or_insert_with(|| Space::new(&self.config))
+        })
+    }
+
+    /// A new link for this node's deliveries.
+    fn link(&self) -> Link {
+        Link {
+            tx: self.tx.clone(),
+            topics: HashSet::new(),
+            detached: self.detached.clone(),
         }
     }
+}
+
+impl Drop for MemoryBroker {
+    /// A dropped node is a crashed one: no more deliveries, and its presence
+    /// entries stay until the TTL sweeps them.
+    fn drop(&mut self) {
+        self.detached.store(true, Ordering::Release);
+    }
+}
+
+impl Space {
+    fn new(config: &MemoryConfig) -> Self {
+        Self {
+            rooms: HashMap::new(),
+            dedupe_window: config.dedupe_window,
+            dedupe: HashMap::new(),
+            presence: HashMap::new(),
+            nodes: BTreeMap::new(),
+            links: BTreeMap::new(),
+        }
+    }
+
+    /// Hands an envelope to every node subscribed to the topic. Called with
+    /// the hub lock held, which is what keeps one order for every node.
+    async fn deliver(&mut self, topic: Topic, pos: Option<Pos>, envelope: Envelope) {
+        // Forget closed and dropped nodes here, before their full channel
+        // could make the hub wait for a reader that is gone.
+        self.links
+            .retain(|_, link| !link.detached.load(Ordering::Acquire));
+        for link in self.links.values() {
+            if link.topics.contains(&topic) {
+                let event = BrokerEvent::Delivery(Delivery {
+                    topic: topic.clone(),
+                    pos,
+                    envelope: envelope.clone(),
+                });
+                // The receiver only goes away when the node shuts down.
+                let _ = link.tx.send(event).await;
+            }
+        }
+    }
+
+    /// The first answer to an earlier publish of `key` in `scope`, if any.
+    fn duplicate(
+        &mut self,
+        scope: &Topic,
+        key: Option<&DedupeKey>,
+        now: Instant,
+    ) -> Option<Published> {
+        let window = self.dedupe.get_mut(scope)?;
+        window.get(key?, now)
+    }
+
+    /// Remembers the answer to a first publish of `key` in `scope`.
+    fn remember(&mut self, scope: Topic, key: DedupeKey, published: &Published, now: Instant) {
+        let window = self.dedupe_window;
+        let windows = self
+            .dedupe
+            .entry(scope)
+            .or_insert_with(|| DedupeWindow::new(window));
+        windows.insert(key, published.clone(), now);
+    }
+
+    /// Appends a message to its room's log, trimmed to `keep`, and returns its position.
+    fn store(&mut self, epoch: u64, msg: &RoomMessage, keep: usize) -> Pos {
+        let log = self.rooms.entry(msg.room.clone()).or_default();
+        log.next += 1;
+        let pos = Pos::new(epoch, log.next, 0);
+        log.ring.push_back((pos, msg.clone()));
+        while log.ring.len() > keep {
+            log.ring.pop_front();
+        }
+        pos
+    }
+
+    /// The users of `room` with a live entry, sorted.
+    fn present(&self, room: &str, now: Instant) -> Vec<String> {
+        let Some(users) = self.presence.get(room) else {
+            return Vec::new();
+        };
+        users
+            .iter()
+            .filter(|(_, nodes)| live(nodes, now))
+            .map(|(user, _)| user.clone())
+            .collect()
+    }
+
+    /// Extends the life of every entry `owner` made.
+    fn refresh(&mut self, owner: NodeKey, until: Instant) {
+        let entries = self
+            .presence
+            .values_mut()
+            .flat_map(|users| users.values_mut());
+        for entry in entries.flat_map(|nodes| nodes.values_mut()) {
+            if entry.owner == owner {
+                entry.expires = until;
+            }
+        }
+    }
+
+    /// Drops expired entries and heartbeats; returns the `(room, user)` pairs
+    /// that lost their last entry, whose leaves the caller delivers.
+    fn sweep(&mut self, now: Instant) -> Vec<(String, String)> {
+        let mut leaves = Vec::new();
+        for (room, users) in &mut self.presence {
+            users.retain(|user, nodes| {
+                nodes.retain(|_, entry| entry.expires > now);
+                if nodes.is_empty() {
+                    leaves.push((room.clone(), user.clone()));
+                }
+                !nodes.is_empty()
+            });
+        }
+        self.presence.retain(|_, users| !users.is_empty());
+        self.nodes.retain(|_, beat| beat.expires > now);
+        leaves
+    }
+}
+
+/// Whether any of a user's entries in a room is still alive.
+fn live(nodes: &BTreeMap<String, Entry>, now: Instant) -> bool {
+    nodes.values().any(|entry| entry.expires > now)
+}
+
+/// A presence change envelope.
+fn change(room: &str, user: &str, joined: bool) -> Envelope {
+    Envelope::Presence(PresenceChange {
+        room: room.to_owned(),
+        user: user.to_owned(),
+        joined,
+    })
+}
+
+/// Answers a history query from a room's log of the hub with `epoch`.
+fn read(log: &RoomLog, epoch: u64, query: HistoryQuery) -> History {
+    let latest = log.ring.back().map(|(p, _)| *p);
+    let mut complete = true;
+    let messages: Vec<(Pos, RoomMessage)> = match query {
+        HistoryQuery::Latest { limit } => {
+            let skip = log.ring.len().saturating_sub(limit);
+            log.ring.iter().skip(skip).cloned().collect()
+        }
+        HistoryQuery::Before { pos, limit } => {
+            let before: Vec<_> = log.ring.iter().filter(|(p, _)| *p < pos).collect();
+            let skip = before.len().saturating_sub(limit);
+            before.into_iter().skip(skip).cloned().collect()
+        }
+        HistoryQuery::Since { pos } => {
+            complete = recoverable(log, epoch, pos);
+            if complete {
+                log.ring.iter().filter(|(p, _)| *p > pos).cloned().collect()
+            } else {
+                Vec::new()
+            }
+        }
+    };
+    History {
+        messages,
+        latest,
+        complete,
+    }
+}
+
+/// Whether everything after `pos` is still in the log.
+fn recoverable(log: &RoomLog, epoch: u64, pos: Pos) -> bool {
+    let first_kept = log.ring.front().map_or(log.next + 1, |(p, _)| p.major);
+    // A different epoch is another hub's (another life's); a position past
+    // the newest was never handed out by this one.
+    pos.epoch == epoch && pos.minor == 0 && pos.major + 1 >= first_kept && pos.major <= log.next
 }
 
 #[async_trait]
@@ -116,16 +391,19 @@ impl PubSub for MemoryBroker {
 
     async fn subscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
         self.check_open()?;
-        let mut state = self.state.lock().await;
-        state.subscribed.extend(topics.iter().cloned());
+        let mut space = self.space().await;
+        let link = space.links.entry(self.key).or_insert_with(|| self.link());
+        link.topics.extend(topics.iter().cloned());
         Ok(())
     }
 
     async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
         self.check_open()?;
-        let mut state = self.state.lock().await;
-        for t in topics {
-            state.subscribed.remove(t);
+        let mut space = self.space().await;
+        if let Some(link) = space.links.get_mut(&self.key) {
+            for t in topics {
+                link.topics.remove(t);
+            }
         }
         Ok(())
     }
@@ -136,30 +414,23 @@ impl PubSub for MemoryBroker {
         dedupe: Option<DedupeKey>,
     ) -> Result<Published, BrokerError> {
         self.check_open()?;
-        let mut state = self.state.lock().await;
+        let mut space = self.space().await;
         let now = Instant::now();
-        if let Some(key) = &dedupe {
-            if let Some(first) = state.dedupe.get(key, now) {
-                return Ok(first);
-            }
+        let topic = Topic::Room(msg.room.clone());
+        if let Some(first) = space.duplicate(&topic, dedupe.as_ref(), now) {
+            return Ok(first);
         }
-        let log = state.rooms.entry(msg.room.clone()).or_default();
-        log.next += 1;
-        let pos = Pos::new(self.epoch, log.next, 0);
-        log.ring.push_back((pos, msg.clone()));
-        while log.ring.len() > self.config.history_size {
-            log.ring.pop_front();
-        }
+        let pos = space.store(self.hub.inner.epoch, &msg, self.config.history_size);
         let published = Published {
             id: msg.id.clone(),
             pos: Some(pos),
             duplicate: false,
         };
         if let Some(key) = dedupe {
-            state.dedupe.insert(key, published.clone(), now);
+            space.remember(topic.clone(), key, &published, now);
         }
-        let topic = Topic::Room(msg.room.clone());
-        self.deliver(&state, topic, Some(pos), Envelope::Message(msg))
+        space
+            .deliver(topic, Some(pos), Envelope::Message(msg))
             .await;
         Ok(published)
     }
@@ -170,12 +441,11 @@ impl PubSub for MemoryBroker {
         dedupe: Option<DedupeKey>,
     ) -> Result<Published, BrokerError> {
         self.check_open()?;
-        let mut state = self.state.lock().await;
+        let mut space = self.space().await;
         let now = Instant::now();
-        if let Some(key) = &dedupe {
-            if let Some(first) = state.dedupe.get(key, now) {
-                return Ok(first);
-            }
+        let to = Topic::User(msg.to.clone());
+        if let Some(first) = space.duplicate(&to, dedupe.as_ref(), now) {
+            return Ok(first);
         }
         let published = Published {
             id: msg.id.clone(),
@@ -183,62 +453,31 @@ impl PubSub for MemoryBroker {
             duplicate: false,
         };
         if let Some(key) = dedupe {
-            state.dedupe.insert(key, published.clone(), now);
+            space.remember(to.clone(), key, &published, now);
         }
-        let to = Topic::User(msg.to.clone());
         let from = Topic::User(msg.from.clone());
         if from != to {
-            self.deliver(&state, from, None, Envelope::Direct(msg.clone()))
+            space
+                .deliver(from, None, Envelope::Direct(msg.clone()))
                 .await;
         }
-        self.deliver(&state, to, None, Envelope::Direct(msg)).await;
+        space.deliver(to, None, Envelope::Direct(msg)).await;
         Ok(published)
     }
 
     async fn publish_ephemeral(&self, env: Envelope) -> Result<(), BrokerError> {
         self.check_open()?;
-        let state = self.state.lock().await;
-        self.deliver(&state, env.topic(), None, env).await;
+        let mut space = self.space().await;
+        space.deliver(env.topic(), None, env).await;
         Ok(())
     }
 
     async fn history(&self, room: &str, query: HistoryQuery) -> Result<History, BrokerError> {
         self.check_open()?;
-        let state = self.state.lock().await;
+        let space = self.space().await;
         let empty = RoomLog::default();
-        let log = state.rooms.get(room).unwrap_or(&empty);
-        let latest = log.ring.back().map(|(p, _)| *p);
-        let mut complete = true;
-        let messages: Vec<(Pos, RoomMessage)> = match query {
-            HistoryQuery::Latest { limit } => {
-                let skip = log.ring.len().saturating_sub(limit);
-                log.ring.iter().skip(skip).cloned().collect()
-            }
-            HistoryQuery::Before { pos, limit } => {
-                let before: Vec<_> = log.ring.iter().filter(|(p, _)| *p < pos).collect();
-                let skip = before.len().saturating_sub(limit);
-                before.into_iter().skip(skip).cloned().collect()
-            }
-            HistoryQuery::Since { pos } => {
-                let first_kept = log.ring.front().map_or(log.next + 1, |(p, _)| p.major);
-                // A different epoch is another life of this broker; a position past
-                // the newest was never handed out by it.
-                complete = pos.epoch == self.epoch
-                    && pos.minor == 0
-                    && pos.major + 1 >= first_kept
-                    && pos.major <= log.next;
-                if complete {
-                    log.ring.iter().filter(|(p, _)| *p > pos).cloned().collect()
-                } else {
-                    Vec::new()
-                }
-            }
-        };
-        Ok(History {
-            messages,
-            latest,
-            complete,
-        })
+        let log = space.rooms.get(room).unwrap_or(&empty);
+        Ok(read(log, self.hub.inner.epoch, query))
     }
 }
 
@@ -246,75 +485,84 @@ impl PubSub for MemoryBroker {
 impl Presence for MemoryBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         self.check_open()?;
-        let mut state = self.state.lock().await;
-        let nodes = state
+        let mut space = self.space().await;
+        let now = Instant::now();
+        let entry = Entry {
+            owner: self.key,
+            expires: now + self.config.presence_ttl,
+        };
+        let nodes = space
             .presence
             .entry(room.to_owned())
             .or_default()
             .entry(user.to_owned())
             .or_default();
-        let first = nodes.is_empty();
-        nodes.insert(node.to_owned());
+        let first = !live(nodes, now);
+        nodes.insert(node.to_owned(), entry);
         if first {
-            let change = Envelope::Presence(PresenceChange {
-                room: room.to_owned(),
-                user: user.to_owned(),
-                joined: true,
-            });
-            self.deliver(&state, Topic::Room(room.to_owned()), None, change)
-                .await;
+            let topic = Topic::Room(room.to_owned());
+            space.deliver(topic, None, change(room, user, true)).await;
         }
         Ok(())
     }
 
     async fn presence_leave(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         self.check_open()?;
-        let mut state = self.state.lock().await;
-        let Some(users) = state.presence.get_mut(room) else {
+        let mut space = self.space().await;
+        let Some(users) = space.presence.get_mut(room) else {
             return Ok(());
         };
         let Some(nodes) = users.get_mut(user) else {
             return Ok(());
         };
         nodes.remove(node);
-        if !nodes.is_empty() {
+        if live(nodes, Instant::now()) {
             return Ok(());
         }
+        // Expired entries of other nodes go too: reads no longer show them.
         users.remove(user);
         if users.is_empty() {
-            state.presence.remove(room);
+            space.presence.remove(room);
         }
-        let change = Envelope::Presence(PresenceChange {
-            room: room.to_owned(),
-            user: user.to_owned(),
-            joined: false,
-        });
-        self.deliver(&state, Topic::Room(room.to_owned()), None, change)
-            .await;
+        let topic = Topic::Room(room.to_owned());
+        space.deliver(topic, None, change(room, user, false)).await;
         Ok(())
     }
 
     async fn presence(&self, room: &str) -> Result<Vec<String>, BrokerError> {
         self.check_open()?;
-        let state = self.state.lock().await;
-        Ok(state
-            .presence
-            .get(room)
-            .map(|users| users.keys().cloned().collect())
-            .unwrap_or_default())
+        let space = self.space().await;
+        Ok(space.present(room, Instant::now()))
     }
 
     async fn heartbeat(&self, info: &NodeInfo) -> Result<(), BrokerError> {
         self.check_open()?;
-        let mut state = self.state.lock().await;
-        state.nodes.insert(info.id.clone(), info.clone());
+        let mut space = self.space().await;
+        let now = Instant::now();
+        let until = now + self.config.presence_ttl;
+        let beat = Beat {
+            info: info.clone(),
+            expires: until,
+        };
+        space.nodes.insert(info.id.clone(), beat);
+        // Refresh before sweeping, so this node's own entries never expire
+        // while it heartbeats, however late this beat is.
+        space.refresh(self.key, until);
+        for (room, user) in space.sweep(now) {
+            let topic = Topic::Room(room.clone());
+            space
+                .deliver(topic, None, change(&room, &user, false))
+                .await;
+        }
         Ok(())
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
         self.check_open()?;
-        let state = self.state.lock().await;
-        Ok(state.nodes.values().cloned().collect())
+        let space = self.space().await;
+        let now = Instant::now();
+        let live = space.nodes.values().filter(|beat| beat.expires > now);
+        Ok(live.map(|beat| beat.info.clone()).collect())
     }
 }
 
@@ -333,11 +581,12 @@ impl Broker for MemoryBroker {
     }
 
     fn is_connected(&self) -> bool {
-        !self.closed.load(Ordering::Acquire)
+        !self.detached.load(Ordering::Acquire)
     }
 
+    /// Closes this node's link only: the hub and its other nodes go on.
     async fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        self.detached.store(true, Ordering::Release);
     }
 }
 
@@ -517,6 +766,38 @@ mod tests {
             ]
         );
         assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn nodes_of_one_hub_share_a_namespace_and_close_alone() {
+        let hub = MemoryHub::new();
+        let a = hub.node(MemoryConfig::default());
+        let b = MemoryBroker::attach(a.hub(), MemoryConfig::default());
+        let mut rx = a.take_events().expect("events");
+        a.subscribe(&[Topic::Room("r".into())]).await.expect("sub");
+        let p = b.publish_message(msg("r", "1"), None).await.expect("pub");
+        assert_eq!(next_delivery(&mut rx).await.pos, p.pos);
+        b.close().await;
+        assert!(!b.is_connected() && a.is_connected());
+        let h = a
+            .history("r", HistoryQuery::Latest { limit: 10 })
+            .await
+            .expect("a still works");
+        assert_eq!(h.messages.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn brokers_made_with_new_share_nothing() {
+        let a = broker(10);
+        let b = broker(10);
+        a.publish_message(msg("r", "1"), None).await.expect("pub");
+        a.presence_join("r", "bob", "n1").await.expect("join");
+        let h = b
+            .history("r", HistoryQuery::Latest { limit: 10 })
+            .await
+            .expect("h");
+        assert!(h.messages.is_empty());
+        assert!(b.presence("r").await.expect("p").is_empty());
     }
 
     #[tokio::test]
