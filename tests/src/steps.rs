@@ -194,8 +194,10 @@ pub async fn presence(c: &mut Client, room: &str) -> BTreeSet<String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pace {
     /// At most `window` publishes without an ack, as a client with that many
-    /// in flight sends.
-    Acks,
+    /// in flight sends, and no more than this many per second: a steady rate
+    /// that reading clients keep up with however fast the node is, so only a
+    /// backlog of the node's own making can overflow a reader's buffer.
+    Acks { per_sec: u32 },
     /// At most `window` publishes ahead of the slowest of the acks, the
     /// publisher's own copies and the readers, so what the node holds for a
     /// reading client stays near `window` messages however the test's tasks
@@ -222,15 +224,20 @@ pub async fn flood(
             .map(|_| AtomicUsize::new(0))
             .collect(),
     );
-    let paced_by = match pace {
-        Pace::Acks => 1,
-        Pace::Readers => progress.len(),
+    let (paced_by, per_sec) = match pace {
+        Pace::Acks { per_sec } => (1, Some(per_sec)),
+        Pace::Readers => (progress.len(), None),
     };
+    let started = tokio::time::Instant::now();
     let (mut tx, mut rx) = publisher.split();
     let send_progress = progress.clone();
     let (send_room, pad) = (room.to_owned(), pad.to_owned());
     let sending = tokio::spawn(async move {
         for n in 0..count {
+            if let Some(rate) = per_sec {
+                let due = Duration::from_secs_f64(n as f64 / f64::from(rate.max(1)));
+                tokio::time::sleep_until(started + due).await;
+            }
             let waiting_since = tokio::time::Instant::now();
             loop {
                 let slowest = send_progress[..paced_by]
