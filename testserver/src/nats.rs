@@ -215,6 +215,11 @@ impl NatsServer {
         url(&self.proc)
     }
 
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.proc.port()
+    }
+
     /// The monitoring port (`/healthz`, `/connz`, `/varz`, `/jsz`).
     pub fn monitor_port(&self) -> u16 {
         monitor_of(&self.proc)

@@ -76,10 +76,15 @@ impl Process {
         Process { spec, child: None }
     }
 
-    /// Launches and waits until ready (within the spec's timeout).
+    /// Launches and waits until ready (within the spec's timeout); a process
+    /// that did not get ready is killed.
     pub fn start(&mut self) -> Result<()> {
         self.launch()?;
-        self.wait_ready_until(Instant::now() + self.spec.timeout)
+        let ready = self.wait_ready_until(Instant::now() + self.spec.timeout);
+        if ready.is_err() {
+            self.kill();
+        }
+        ready
     }
 
     /// Spawns the program without waiting for it to be ready.
@@ -244,4 +249,48 @@ pub fn start_fresh(mut make: impl FnMut() -> Result<Spec>) -> Result<Process> {
         }
     }
     Err(last.unwrap_or_else(|| anyhow!("the server did not start")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(program: &str, args: &[&str], dir: &Path) -> Spec {
+        Spec {
+            name: format!("{program} test"),
+            program: program.into(),
+            install: "`apt-get install -y it`".into(),
+            args: args.iter().map(Into::into).collect(),
+            ports: vec![1],
+            data: dir.join("data"),
+            wipe_data: true,
+            log: dir.join("test.log"),
+            ready: Box::new(|| Ok(false)),
+            ready_what: "never".into(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn a_missing_program_says_how_to_install_it() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let err = start_fresh(|| Ok(spec("chatmesh-no-such-server", &[], dir.path())))
+            .err()
+            .expect("no such program");
+        assert!(err.is::<NotInstalled>(), "{err:#}");
+        assert_eq!(
+            err.to_string(),
+            "chatmesh-no-such-server not found: install it with `apt-get install -y it`"
+        );
+    }
+
+    #[test]
+    fn an_exit_during_start_shows_the_log_tail() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut p = Process::new(spec("sh", &["-c", "echo boom; exit 3"], dir.path()));
+        let err = p.start().expect_err("sh exits");
+        let text = err.to_string();
+        assert!(text.contains("sh test exited with"), "{text}");
+        assert!(text.contains("boom"), "{text}");
+    }
 }
