@@ -14,7 +14,6 @@ use crate::cli::Args;
 use crate::client::{self, Command, Ready, Shared};
 use crate::procstat::{self, CpuUse, Role, Snapshot, Watched};
 use crate::report::{round2, ConnectResult, IdleResult, IdleStage, Saturation, StepResult};
-use crate::spawn::redis_clients;
 use crate::stats::{histogram, Latency, Stats};
 use crate::ticker::Ticker;
 use crate::topology::{ClientPlan, Topology};
@@ -61,7 +60,8 @@ impl Ctx {
 
     /// Redis clients now, when a redis port is known.
     pub fn broker_connections(&self) -> Option<usize> {
-        self.redis_port.and_then(redis_clients)
+        self.redis_port
+            .and_then(|port| chatmesh_testserver::redis::client_count(port).ok())
     }
 
     /// Tells every client to close.

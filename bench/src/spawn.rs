@@ -2,15 +2,20 @@
 //! `nats-server`, none for `memory`) and N `chatmesh` nodes on free loopback
 //! ports, in a fresh namespace, with the per-connection publish limits raised so
 //! the generator's publishers are not refused. Everything is stopped by its pid
-//! when [`System`] is dropped. Logs go to a temporary directory that is printed.
+//! when [`System`] is dropped. The broker comes from `chatmesh-testserver` (the
+//! servers the tests use); the nodes' logs go to a temporary directory that is
+//! printed, the broker's log tail is in the error when it fails to start.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use chatmesh_testserver::nats::NatsServer;
+use chatmesh_testserver::ports::free_port;
+use chatmesh_testserver::redis::RedisServer;
 
 use crate::cli::SpawnKind;
 
@@ -31,7 +36,7 @@ impl Proc {
 
 /// The started broker and nodes.
 pub struct System {
-    pub broker: Option<Proc>,
+    pub broker: Option<Broker>,
     pub broker_url: Option<String>,
     pub broker_port: Option<u16>,
     pub nodes: Vec<Proc>,
@@ -42,34 +47,11 @@ pub struct System {
 
 impl Drop for System {
     fn drop(&mut self) {
-        for p in self.nodes.iter_mut().chain(self.broker.as_mut()) {
+        for p in self.nodes.iter_mut() {
             // SIGKILL by pid: only the processes started here.
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
-    }
-}
-
-/// A free loopback port (bound and released; a race with another process is
-/// caught when the server fails to start).
-pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(l.local_addr()?.port())
-}
-
-fn wait_tcp(port: u16, child: &mut Child, what: &str) -> Result<()> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("{what} exited during start: {status}");
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not listen on {port} within {START_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -95,41 +77,46 @@ fn log_file(dir: &Path, name: &str) -> Result<(std::fs::File, std::fs::File)> {
     Ok((f, g))
 }
 
-fn start_broker(kind: SpawnKind, dir: &Path) -> Result<Option<(Proc, String, u16)>> {
-    let port = free_port()?;
-    let (out, err) = log_file(dir, kind.as_str())?;
-    let mut cmd = match kind {
+/// The broker server this tool started, from `chatmesh-testserver` (which
+/// kills it on drop and keeps its log in its own temp dir).
+pub enum BrokerServer {
+    Redis(RedisServer),
+    Nats(NatsServer),
+}
+
+/// The started broker: its server and the name its process is watched under.
+pub struct Broker {
+    pub name: String,
+    pub server: BrokerServer,
+}
+
+impl Broker {
+    /// The broker's PID (0 once it is gone).
+    pub fn pid(&self) -> u32 {
+        match &self.server {
+            BrokerServer::Redis(r) => r.pid(),
+            BrokerServer::Nats(n) => n.pid(),
+        }
+        .unwrap_or_default()
+    }
+}
+
+fn start_broker(kind: SpawnKind) -> Result<Option<(Broker, String, u16)>> {
+    let (server, url, port) = match kind {
         SpawnKind::Memory => return Ok(None),
         SpawnKind::Redis => {
-            let mut c = Command::new("redis-server");
-            c.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"]);
-            c
+            let r = RedisServer::start().context("starting redis-server")?;
+            let (url, port) = (r.url(), r.port());
+            (BrokerServer::Redis(r), url, port)
         }
         SpawnKind::Nats => {
-            let mut c = Command::new("nats-server");
-            c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(dir.join("js"));
-            c
+            let n = NatsServer::start().context("starting nats-server")?;
+            let (url, port) = (n.url(), n.port());
+            (BrokerServer::Nats(n), url, port)
         }
     };
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .current_dir(dir)
-        .spawn()
-        .with_context(|| format!("starting {}-server (is it installed?)", kind.as_str()))?;
-    let mut proc = Proc {
-        name: kind.as_str().to_string(),
-        child,
-    };
-    wait_tcp(port, &mut proc.child, kind.as_str())?;
-    let url = match kind {
-        SpawnKind::Nats => format!("nats://127.0.0.1:{port}"),
-        _ => format!("redis://127.0.0.1:{port}"),
-    };
-    Ok(Some((proc, url, port)))
+    let name = kind.as_str().to_string();
+    Ok(Some((Broker { name, server }, url, port)))
 }
 
 /// The default node binary: `chatmesh` next to this executable.
@@ -172,7 +159,7 @@ pub async fn start(
         namespace,
         dir: dir.clone(),
     };
-    if let Some((proc, url, port)) = start_broker(kind, &dir)? {
+    if let Some((proc, url, port)) = start_broker(kind)? {
         system.broker = Some(proc);
         system.broker_url = Some(url);
         system.broker_port = Some(port);
@@ -180,7 +167,7 @@ pub async fn start(
     let mut ports = Vec::new();
     for n in 0..nodes {
         let name = format!("node-{}", (b'a' + (n % 26) as u8) as char);
-        let port = free_port()?;
+        let port = free_port().context("finding a free port")?;
         let (out, err) = log_file(&dir, &name)?;
         let mut cmd = Command::new(bin);
         for (k, _) in std::env::vars_os() {
@@ -238,20 +225,4 @@ pub async fn start(
         }
     }
     Ok(system)
-}
-
-/// Clients connected to a redis server (`CLIENT LIST`, minus the asking connection).
-pub fn redis_clients(port: u16) -> Option<usize> {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "CLIENT", "LIST"])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let n = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("id="))
-        .count();
-    Some(n.saturating_sub(1))
 }

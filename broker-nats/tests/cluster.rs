@@ -10,7 +10,7 @@ use chatmesh_broker::{
     PubSub, Topic,
 };
 use chatmesh_broker_nats::{NatsBroker, NatsOptions, Storage};
-use chatmesh_tests::nats::{http_get, NatsCluster};
+use chatmesh_testserver::nats::{http_get, NatsCluster};
 use common::*;
 use tokio::sync::mpsc::Receiver;
 

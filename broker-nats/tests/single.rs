@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chatmesh_broker::conformance::{self, OddNames};
 use chatmesh_broker::{Broker, BrokerError, BrokerEvent, HistoryQuery, PubSub, Topic};
 use chatmesh_broker_nats::{NatsBroker, NatsConfigError, Storage};
-use chatmesh_tests::nats::NatsServer;
+use chatmesh_testserver::nats::NatsServer;
 use common::*;
 
 fn init_tracing() {

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use chatmesh_broker::{DedupeKey, Envelope, HistoryQuery, Presence, PresenceChange, PubSub, Topic};
-use chatmesh_tests::redis::RedisCluster;
+use chatmesh_testserver::redis::RedisCluster;
 use common::*;
 
 const TTL: Duration = Duration::from_secs(30);

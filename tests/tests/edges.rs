@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use chatmesh_tests::client::Client;
 use chatmesh_tests::node::{binary, unique, Node};
-use chatmesh_tests::ports::free_port;
 use chatmesh_tests::steps::{
     assert_error, client, join, ping, recv, recv_until, room, send, silence, start_node_with,
     SILENCE,
 };
+use chatmesh_testserver::ports::free_port;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;

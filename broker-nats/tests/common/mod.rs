@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chatmesh_broker::{Broker, BrokerEvent, BrokerSettings};
 use chatmesh_broker_nats::{NatsBroker, NatsOptions, Storage};
-use chatmesh_tests::nats::NatsServer;
+use chatmesh_testserver::nats::NatsServer;
 use tokio::sync::mpsc::Receiver;
 
 pub use chatmesh_broker::conformance::{

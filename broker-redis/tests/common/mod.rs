@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chatmesh_broker::{Broker, BrokerEvent, BrokerSettings};
 use chatmesh_broker_redis::RedisBroker;
-use chatmesh_tests::redis::RedisServer;
+use chatmesh_testserver::redis::RedisServer;
 use tokio::sync::mpsc::Receiver;
 
 pub use chatmesh_broker::conformance::{

@@ -1,7 +1,8 @@
 //! Free loopback ports.
 //!
 //! Binding port 0 and reading the port back leaves a small race until the real
-//! server binds it; callers retry the start on a bind failure.
+//! server binds it; [`crate::process::start_fresh`] retries the start on new
+//! ports when that race is lost.
 
 use std::net::TcpListener;
 
