@@ -25,8 +25,40 @@ fn server() -> NatsServer {
     s
 }
 
-// The checks every broker passes, each a test named after it.
-chatmesh_broker::conformance_tests!(factory(server()));
+// Every check of the suite, each a test named after it.
+chatmesh_broker::conformance_tests!(
+    factory: factory(server()),
+    odd_names: odd_names(),
+    stopped: {
+        let mut r = server();
+        r.kill();
+        r
+    },
+    broker_on: |r, s| NatsBroker::new(&r.url(), s).expect("valid"),
+    start: |r| r.restart().expect("start"),
+);
+
+/// Names full of this broker's special characters.
+fn odd_names() -> OddNames<'static> {
+    OddNames {
+        namespace: "names.*.> y",
+        rooms: &[
+            "a.b",
+            "*",
+            ">",
+            "x.*.>",
+            "with space",
+            "tab\there",
+            "général 🎉",
+            "",
+            "_41",
+        ],
+        user: "ü.*>",
+        member: "ü.* x",
+        node: "n.1",
+        node_id: "n.1 >",
+    }
+}
 
 #[tokio::test]
 async fn history_latest_before_since_and_trimming() {
@@ -167,15 +199,6 @@ async fn nats_restarted_with_file_storage_keeps_history() {
 }
 
 #[tokio::test]
-async fn starts_while_nats_is_down_and_connects_later() {
-    let mut r = server();
-    r.kill();
-    let ns = ns("late");
-    let b = NatsBroker::new(&r.url(), settings(&ns, 10, TTL)).expect("valid");
-    conformance::starts_while_down_and_connects_later(&b, || r.restart().expect("start")).await;
-}
-
-#[tokio::test]
 async fn bad_urls_are_refused_naming_the_url() {
     for url in [
         "",
@@ -267,28 +290,4 @@ async fn a_fixed_number_of_connections_whatever_the_topics() {
     a.publish_message(msg("r2", "y"), None).await.expect("pub");
     no_delivery(&mut rx_a, Duration::from_millis(300)).await;
     assert_eq!(connection_count(&r), one);
-}
-
-#[tokio::test]
-async fn odd_names_work() {
-    let r = server();
-    let names = OddNames {
-        namespace: "names.*.> y",
-        rooms: &[
-            "a.b",
-            "*",
-            ">",
-            "x.*.>",
-            "with space",
-            "tab\there",
-            "général 🎉",
-            "",
-            "_41",
-        ],
-        user: "ü.*>",
-        member: "ü.* x",
-        node: "n.1",
-        node_id: "n.1 >",
-    };
-    conformance::odd_names_work(&factory(r), names).await;
 }

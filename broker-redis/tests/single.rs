@@ -22,8 +22,30 @@ fn server() -> RedisServer {
     RedisServer::start().expect("redis-server starts")
 }
 
-// The checks every broker passes, each a test named after it.
-chatmesh_broker::conformance_tests!(factory(server()));
+// Every check of the suite, each a test named after it.
+chatmesh_broker::conformance_tests!(
+    factory: factory(server()),
+    odd_names: odd_names(),
+    stopped: {
+        let mut r = server();
+        r.kill();
+        r
+    },
+    broker_on: |r, s| RedisBroker::new(&r.url(), s).expect("valid"),
+    start: |r| r.restart().expect("start"),
+);
+
+/// Names full of this broker's special characters.
+fn odd_names() -> OddNames<'static> {
+    OddNames {
+        namespace: "names:{x} y",
+        rooms: &["a}b", "{x}", "c:d:ch", "with space", "général 🎉", ""],
+        user: "ü:}",
+        member: "ü:} x",
+        node: "n:1",
+        node_id: "n:1 }",
+    }
+}
 
 #[tokio::test]
 async fn history_latest_before_since_and_trimming() {
@@ -100,15 +122,6 @@ async fn redis_restarted_empty_makes_since_incomplete_and_the_link_recovers() {
 }
 
 #[tokio::test]
-async fn starts_while_redis_is_down_and_connects_later() {
-    let mut r = server();
-    r.kill();
-    let ns = ns("late");
-    let b = RedisBroker::new(&r.url(), settings(&ns, 10, TTL)).expect("valid");
-    conformance::starts_while_down_and_connects_later(&b, || r.restart().expect("start")).await;
-}
-
-#[tokio::test]
 async fn bad_urls_are_refused_naming_the_url() {
     for url in [
         "",
@@ -164,18 +177,4 @@ async fn a_fixed_number_of_connections_whatever_the_topics() {
     a.unsubscribe(&many).await.expect("unsub");
     a.publish_message(msg("r2", "y"), None).await.expect("pub");
     no_delivery(&mut rx_a, Duration::from_millis(300)).await;
-}
-
-#[tokio::test]
-async fn odd_names_work() {
-    let r = server();
-    let names = OddNames {
-        namespace: "names:{x} y",
-        rooms: &["a}b", "{x}", "c:d:ch", "with space", "général 🎉", ""],
-        user: "ü:}",
-        member: "ü:} x",
-        node: "n:1",
-        node_id: "n:1 }",
-    };
-    conformance::odd_names_work(&factory(r), names).await;
 }
