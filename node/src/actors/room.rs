@@ -224,129 +224,170 @@ impl Handler<Join> for Room {
     type Result = ResponseActFuture<Self, Result<(), ErrorCode>>;
 
     fn handle(&mut self, msg: Join, _ctx: &mut Self::Context) -> Self::Result {
+        let (attempt, first_of_user) = self.add_pending(msg.conn, &msg.user, msg.outbox);
+        let read = read_join(
+            self.broker.clone(),
+            JoinRead {
+                room: self.name.clone(),
+                node: self.node_id.clone(),
+                user: msg.user,
+                since: msg.since,
+                first_of_user,
+            },
+            self.ready.clone(),
+            self.settings.subscribe_timeout,
+        );
+        let (conn, reference) = (msg.conn, msg.reference);
+        Box::pin(
+            read.into_actor(self)
+                .map(move |res, act, _ctx| act.finish_join(conn, attempt, res, reference.as_ref())),
+        )
+    }
+}
+
+/// What a join reads from the broker, besides the room's handles.
+struct JoinRead {
+    room: Arc<str>,
+    node: Arc<str>,
+    user: Arc<str>,
+    since: Option<Pos>,
+    first_of_user: bool,
+}
+
+/// Step 2 of the join protocol (module docs): once the subscription is held,
+/// records presence (for the user's first local connection), then reads
+/// history and the member count.
+async fn read_join(
+    broker: Arc<dyn Broker>,
+    join: JoinRead,
+    mut ready: Ready,
+    timeout: Duration,
+) -> Result<Joining, BrokerError> {
+    if !ready.wait(timeout).await {
+        return Err(BrokerError::Unavailable(
+            "subscription not confirmed".into(),
+        ));
+    }
+    if join.first_of_user {
+        broker
+            .presence_join(&join.room, &join.user, &join.node)
+            .await?;
+    }
+    let query = match join.since {
+        Some(pos) => HistoryQuery::Since { pos },
+        None => HistoryQuery::Latest { limit: 0 },
+    };
+    let history = broker.history(&join.room, query).await?;
+    let members = broker.presence(&join.room).await?.len();
+    let recovered = join.since.is_none() || history.complete;
+    Ok(Joining {
+        latest: history.latest,
+        replay: if recovered {
+            history.messages
+        } else {
+            Vec::new()
+        },
+        recovered,
+        members,
+    })
+}
+
+impl Room {
+    /// Step 1: the connection becomes a pending member (again, for a re-join).
+    /// Returns the join's attempt number and whether it is the user's first
+    /// local connection in the room.
+    fn add_pending(&mut self, conn: ConnId, user: &Arc<str>, outbox: Outbox) -> (u64, bool) {
         self.attempts += 1;
         let attempt = self.attempts;
-        let first_of_user = match self.members.get_mut(&msg.conn) {
-            Some(member) => {
-                member.state = State::Pending {
-                    buffer: Vec::new(),
-                    bytes: 0,
-                };
-                member.attempt = attempt;
-                false
-            }
-            None => {
-                let n = self.users.entry(msg.user.clone()).or_insert(0);
-                *n += 1;
-                self.members.insert(
-                    msg.conn,
-                    Member {
-                        user: msg.user.clone(),
-                        outbox: msg.outbox,
-                        state: State::Pending {
-                            buffer: Vec::new(),
-                            bytes: 0,
-                        },
-                        floor: None,
-                        attempt,
-                    },
-                );
-                *n == 1
-            }
+        let pending = || State::Pending {
+            buffer: Vec::new(),
+            bytes: 0,
         };
-        let (broker, room, node, user) = (
-            self.broker.clone(),
-            self.name.clone(),
-            self.node_id.clone(),
-            msg.user,
+        if let Some(member) = self.members.get_mut(&conn) {
+            member.state = pending();
+            member.attempt = attempt;
+            return (attempt, false);
+        }
+        let n = self.users.entry(user.clone()).or_insert(0);
+        *n += 1;
+        let first = *n == 1;
+        self.members.insert(
+            conn,
+            Member {
+                user: user.clone(),
+                outbox,
+                state: pending(),
+                floor: None,
+                attempt,
+            },
         );
-        let mut ready = self.ready.clone();
-        let timeout = self.settings.subscribe_timeout;
-        let since = msg.since;
-        let work = async move {
-            if !ready.wait(timeout).await {
-                return Err(BrokerError::Unavailable(
-                    "subscription not confirmed".into(),
-                ));
+        (attempt, first)
+    }
+
+    /// Step 3: answers the join, unless the member left or joined again since.
+    fn finish_join(
+        &mut self,
+        conn: ConnId,
+        attempt: u64,
+        read: Result<Joining, BrokerError>,
+        reference: Option<&Value>,
+    ) -> Result<(), ErrorCode> {
+        if self.members.get(&conn).is_none_or(|m| m.attempt != attempt) {
+            // Left (or closed, or joined again) while joining: nothing to answer.
+            return Ok(());
+        }
+        let joining = match read {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(room = %self.name, cause = %e, "join failed");
+                self.remove(conn);
+                return Err(ErrorCode::from(&e));
             }
-            if first_of_user {
-                broker.presence_join(&room, &user, &node).await?;
-            }
-            let query = match since {
-                Some(pos) => HistoryQuery::Since { pos },
-                None => HistoryQuery::Latest { limit: 0 },
-            };
-            let history = broker.history(&room, query).await?;
-            let members = broker.presence(&room).await?.len();
-            let recovered = since.is_none() || history.complete;
-            Ok(Joining {
-                latest: history.latest,
-                replay: if recovered {
-                    history.messages
-                } else {
-                    Vec::new()
-                },
-                recovered,
-                members,
-            })
         };
-        let conn = msg.conn;
-        let reference = msg.reference;
-        Box::pin(work.into_actor(self).map(move |res, act, _ctx| {
-            let Some(member) = act.members.get_mut(&conn) else {
-                // Left (or closed) while joining: nothing to answer.
-                return Ok(());
-            };
-            if member.attempt != attempt {
-                return Ok(());
+        if self.cursor == Cursor::Unknown {
+            // The subscription was held before this history read, so
+            // everything after its newest position reaches the room.
+            self.cursor = Cursor::After(joining.latest);
+        }
+        if let Some(member) = self.members.get_mut(&conn) {
+            member.go_live(&self.name, joining, reference);
+        }
+        Ok(())
+    }
+}
+
+impl Member {
+    /// Sends `joined`, then the replayed messages, then the live frames that
+    /// waited and come after them, and makes the member active.
+    fn go_live(&mut self, room: &str, joining: Joining, reference: Option<&Value>) {
+        let State::Pending { buffer, .. } = std::mem::replace(&mut self.state, State::Active)
+        else {
+            return;
+        };
+        let outbox = &self.outbox;
+        let _ = outbox.send(server::joined(
+            room,
+            joining.latest,
+            joining.recovered,
+            joining.members,
+            reference,
+        ));
+        let mut last = joining.latest;
+        for (pos, m) in &joining.replay {
+            let _ = outbox.send(server::message(m, *pos));
+            if is_after(*pos, last) {
+                last = Some(*pos);
             }
-            let joining = match res {
-                Ok(j) => j,
-                Err(e) => {
-                    tracing::warn!(room = %act.name, cause = %e, "join failed");
-                    act.remove(conn);
-                    return Err(ErrorCode::from(&e));
-                }
-            };
-            if act.cursor == Cursor::Unknown {
-                // The subscription was held before this history read, so
-                // everything after its newest position reaches the room.
-                act.cursor = Cursor::After(joining.latest);
-            }
-            let member = match act.members.get_mut(&conn) {
-                Some(m) => m,
-                None => return Ok(()),
-            };
-            let State::Pending { buffer, .. } = std::mem::replace(&mut member.state, State::Active)
-            else {
-                return Ok(());
-            };
-            let outbox = &member.outbox;
-            let _ = outbox.send(server::joined(
-                &act.name,
-                joining.latest,
-                joining.recovered,
-                joining.members,
-                reference.as_ref(),
-            ));
-            let mut last = joining.latest;
-            for (pos, m) in &joining.replay {
-                let _ = outbox.send(server::message(m, *pos));
-                if is_after(*pos, last) {
-                    last = Some(*pos);
+        }
+        for (pos, frame) in buffer {
+            if pos.is_none_or(|p| is_after(p, last)) {
+                let _ = outbox.send(frame);
+                if let Some(p) = pos {
+                    last = Some(p);
                 }
             }
-            for (pos, frame) in buffer {
-                if pos.is_none_or(|p| is_after(p, last)) {
-                    let _ = outbox.send(frame);
-                    if let Some(p) = pos {
-                        last = Some(p);
-                    }
-                }
-            }
-            member.floor = last;
-            Ok(())
-        }))
+        }
+        self.floor = last;
     }
 }
 
