@@ -10,14 +10,16 @@
 //!    everything after `since`, or just the newest position;
 //! 3. `joined` goes out, then the replayed messages, then the buffered live
 //!    frames whose position is after the last one sent (dropping the overlap
-//!    between history and live traffic), and the member becomes active.
+//!    between history and live traffic) and the presence changes that the
+//!    join's own presence read had not counted yet, and the member becomes
+//!    active.
 //!
 //! The room's own [`Cursor`] (where its fan-out stands) is only ever moved by
 //! fan-out, except once: the first join that finishes gives a room that has
 //! fanned out nothing its starting point. A later join never moves it, so it
 //! can never skip messages the room has not fanned out to its other members.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,11 +51,18 @@ pub struct RoomSettings {
 enum State {
     /// Joined and live.
     Active,
-    /// Join in progress: live frames wait here, with their positions.
-    Pending {
-        buffer: Vec<(Option<Pos>, Frame)>,
-        bytes: usize,
-    },
+    /// Join in progress: live frames wait here.
+    Pending { buffer: Vec<Held>, bytes: usize },
+}
+
+/// A live frame that arrived while its member was joining.
+struct Held {
+    pos: Option<Pos>,
+    frame: Frame,
+    /// For a presence change: whose, and whether a join. A change can reach the
+    /// room after the joiner's own presence read already saw it; `go_live`
+    /// drops those, so a member gets diffs only for changes after its `joined`.
+    presence: Option<(String, bool)>,
 }
 
 struct Member {
@@ -217,7 +226,8 @@ struct Joining {
     latest: Option<Pos>,
     replay: Vec<(Pos, chatmesh_broker::RoomMessage)>,
     recovered: bool,
-    members: usize,
+    /// The users present when the join read presence (after its own entry).
+    present: BTreeSet<String>,
 }
 
 impl Handler<Join> for Room {
@@ -278,7 +288,7 @@ async fn read_join(
         None => HistoryQuery::Latest { limit: 0 },
     };
     let history = broker.history(&join.room, query).await?;
-    let members = broker.presence(&join.room).await?.len();
+    let present = broker.presence(&join.room).await?.into_iter().collect();
     let recovered = join.since.is_none() || history.complete;
     Ok(Joining {
         latest: history.latest,
@@ -288,7 +298,7 @@ async fn read_join(
             Vec::new()
         },
         recovered,
-        members,
+        present,
     })
 }
 
@@ -369,7 +379,7 @@ impl Member {
             room,
             joining.latest,
             joining.recovered,
-            joining.members,
+            joining.present.len(),
             reference,
         ));
         let mut last = joining.latest;
@@ -379,10 +389,22 @@ impl Member {
                 last = Some(*pos);
             }
         }
-        for (pos, frame) in buffer {
-            if pos.is_none_or(|p| is_after(p, last)) {
-                let _ = outbox.send(frame);
-                if let Some(p) = pos {
+        let mut view = joining.present;
+        for held in buffer {
+            if let Some((user, joined)) = held.presence {
+                // Already in the presence `joined` counted: not news to this member.
+                if view.contains(&user) == joined {
+                    continue;
+                }
+                if joined {
+                    view.insert(user);
+                } else {
+                    view.remove(&user);
+                }
+            }
+            if held.pos.is_none_or(|p| is_after(p, last)) {
+                let _ = outbox.send(held.frame);
+                if let Some(p) = held.pos {
                     last = Some(p);
                 }
             }
@@ -462,7 +484,15 @@ impl Room {
                             .close(close::TRY_AGAIN_LATER, "slow join: buffer full");
                         buffer.clear();
                     } else {
-                        buffer.push((pos, frame.clone()));
+                        let presence = match &delivery.envelope {
+                            Envelope::Presence(p) => Some((p.user.clone(), p.joined)),
+                            _ => None,
+                        };
+                        buffer.push(Held {
+                            pos,
+                            frame: frame.clone(),
+                            presence,
+                        });
                     }
                 }
             }
