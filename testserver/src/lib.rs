@@ -8,6 +8,7 @@
 //!   the log tail on failure, restart on the same ports, kill on drop.
 //! - [`redis`]: `redis-server`, one server or a three-master Redis Cluster.
 //! - [`nats`]: `nats-server` with JetStream, one server or three routed servers.
+//! - [`kafka`]: tansu, a Kafka-protocol broker, for the Kafka broker to come.
 //! - [`ports`]: free loopback ports.
 //! - [`http`]: a plain-socket HTTP GET for monitoring endpoints.
 //!
@@ -16,6 +17,7 @@
 //! [`NotInstalled`] error that says how to install it, never a skip.
 
 pub mod http;
+pub mod kafka;
 pub mod nats;
 pub mod ports;
 pub mod process;

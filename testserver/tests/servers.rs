@@ -1,6 +1,7 @@
 //! The servers of `chatmesh-testserver` against the real binaries: each starts,
 //! answers, and comes back on the same port(s) after a kill.
 
+use chatmesh_testserver::kafka::TansuServer;
 use chatmesh_testserver::nats::{NatsCluster, NatsServer};
 use chatmesh_testserver::redis::{RedisCluster, RedisServer};
 
@@ -38,4 +39,16 @@ fn nats_cluster_has_three_routed_servers() {
     let c = NatsCluster::start().expect("nats cluster starts");
     assert_eq!(c.urls().len(), 3);
     assert_eq!(c.monitor_ports().len(), 3);
+}
+
+#[test]
+fn tansu_restarts_on_the_same_port() {
+    let mut t = TansuServer::start().expect("tansu starts");
+    let (bootstrap, pid) = (t.bootstrap(), t.pid());
+    assert!(pid.is_some());
+    t.kill();
+    assert!(t.pid().is_none());
+    t.restart().expect("restart");
+    assert_eq!(t.bootstrap(), bootstrap);
+    assert_ne!(t.pid(), pid, "a new process");
 }
