@@ -258,6 +258,8 @@ pub(crate) async fn heartbeat(
                 .insert(room.clone());
         }
     }
+    // Before the entries are refreshed, so a node that dies right after has
+    // its rooms on record for the survivors' sweep...
     for (node, rooms) in &by_node {
         put_node_rooms(link, session, node, rooms).await?;
     }
@@ -298,6 +300,14 @@ pub(crate) async fn heartbeat(
             entries.extend(mine.iter().cloned());
         })
         .await?;
+    }
+    // ...and again after: a survivor that took this node for dead (a late
+    // heartbeat) may have read the first put and swept its rooms while the
+    // refresh above re-added its entries; the put changes the revision, so
+    // that survivor's delete of this room list fails and a later sweep still
+    // finds the entries, instead of leaving them present forever.
+    for (node, rooms) in &by_node {
+        put_node_rooms(link, session, node, rooms).await?;
     }
     for (node, (_, revision)) in dead {
         let delete = b
