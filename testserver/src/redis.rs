@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::ports::{free_port, free_port_below};
-use crate::process::{start_fresh, NotInstalled, Process, Spec};
+use crate::ports::free_port_below;
+use crate::process::{start_fresh, NotInstalled, OneServer, Process, Spec};
 
 const INSTALL: &str = "`apt-get install -y redis-server` (the README's test command does this)";
 
@@ -95,48 +95,38 @@ fn spec(dir: &Path, port: u16, extra: &[String]) -> Spec {
     }
 }
 
-/// A single `redis-server` for one test.
-pub struct RedisServer {
-    proc: Process,
-    _dir: tempfile::TempDir,
-}
+/// A single `redis-server` for one test; [`OneServer`] gives its port, PID,
+/// kill and restart (with empty data).
+pub struct RedisServer(OneServer);
 
 impl RedisServer {
     /// Starts a server on a free loopback port; fails (never skips) when
     /// `redis-server` is not installed.
     pub fn start() -> Result<RedisServer> {
-        let dir = tempfile::tempdir()?;
-        let proc = start_fresh(|| Ok(spec(dir.path(), free_port()?, &[])))?;
-        Ok(RedisServer { proc, _dir: dir })
+        OneServer::start(|dir, port| spec(dir, port, &[])).map(RedisServer)
     }
 
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.proc.port())
-    }
-
-    pub fn port(&self) -> u16 {
-        self.proc.port()
-    }
-
-    /// The server's PID while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.proc.pid()
-    }
-
-    /// Kills the server (SIGKILL); [`RedisServer::restart`] brings it back.
-    pub fn kill(&mut self) {
-        self.proc.kill();
-    }
-
-    /// Starts the server again on the same port with empty data.
-    pub fn restart(&mut self) -> Result<()> {
-        self.proc.restart()
+        format!("redis://127.0.0.1:{}", self.port())
     }
 
     /// Runs `redis-cli` against this server (for assertions such as `CLIENT LIST`).
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        cli(self.proc.port(), args)
+        cli(self.port(), args)
+    }
+}
+
+impl std::ops::Deref for RedisServer {
+    type Target = OneServer;
+    fn deref(&self) -> &OneServer {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RedisServer {
+    fn deref_mut(&mut self) -> &mut OneServer {
+        &mut self.0
     }
 }
 
