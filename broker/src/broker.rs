@@ -92,6 +92,10 @@ pub enum BrokerEvent {
     /// The link is down; publishes fail with [`BrokerError::Unavailable`] until
     /// `Connected`, and deliveries may have been missed meanwhile.
     Disconnected,
+    /// The link cannot work with this configuration and has stopped trying
+    /// (for example a Kafka topic with another partition count than the
+    /// config's): the node stops with this line.
+    Failed(String),
 }
 
 /// What a node says about itself in its heartbeat.

@@ -11,11 +11,34 @@ use std::time::Duration;
 
 use chatmesh_broker::{Broker, BrokerSettings, MemoryBroker};
 
-use crate::config::{BrokerKind, Config, ConfigError};
+use crate::config::{BrokerConfig, BrokerKind, Config, ConfigError};
 
-/// Makes a broker from `broker.url` and the shared settings; the error is
-/// about the URL.
-type Constructor = fn(&str, BrokerSettings) -> Result<Arc<dyn Broker>, String>;
+/// Makes a broker from the `broker` section and the shared settings.
+type Constructor = fn(&BrokerConfig, BrokerSettings) -> Result<Arc<dyn Broker>, ConfigError>;
+
+/// A broker crate's configuration error, as the node reports it: about
+/// `broker.url` unless the broker says which option it is.
+#[cfg(any(feature = "redis", feature = "nats", feature = "kafka"))]
+fn url_error(e: chatmesh_broker::support::ConfigError) -> ConfigError {
+    use chatmesh_broker::support::ConfigError as E;
+    match &e {
+        // "<key> <what is wrong>": the key leads the line like every other.
+        E::BadOption { reason } => match reason.split_once(' ') {
+            Some((key, rest)) if key.contains('.') => ConfigError {
+                key: key.into(),
+                message: rest.into(),
+            },
+            _ => ConfigError {
+                key: "broker".into(),
+                message: reason.clone(),
+            },
+        },
+        _ => ConfigError {
+            key: "broker.url".into(),
+            message: e.to_string(),
+        },
+    }
+}
 
 /// The settings every broker kind takes, from the config.
 pub fn settings(config: &Config) -> BrokerSettings {
@@ -27,22 +50,36 @@ pub fn settings(config: &Config) -> BrokerSettings {
     }
 }
 
-/// How this build makes a broker of `kind`, or `None` when it has none. The
-/// `kafka` feature exists but has no arm: its crate is still a placeholder.
+/// How this build makes a broker of `kind`, or `None` when it has none.
 fn constructor(kind: BrokerKind) -> Option<Constructor> {
     match kind {
         BrokerKind::Memory => Some(|_, settings| Ok(Arc::new(MemoryBroker::new(settings)))),
         #[cfg(feature = "redis")]
-        BrokerKind::Redis => Some(|url, settings| {
-            chatmesh_broker_redis::RedisBroker::new(url, settings)
+        BrokerKind::Redis => Some(|config, settings| {
+            chatmesh_broker_redis::RedisBroker::new(&config.url, settings)
                 .map(|b| Arc::new(b) as Arc<dyn Broker>)
-                .map_err(|e| e.to_string())
+                .map_err(url_error)
         }),
         #[cfg(feature = "nats")]
-        BrokerKind::Nats => Some(|url, settings| {
-            chatmesh_broker_nats::NatsBroker::new(url, settings)
+        BrokerKind::Nats => Some(|config, settings| {
+            chatmesh_broker_nats::NatsBroker::new(&config.url, settings)
                 .map(|b| Arc::new(b) as Arc<dyn Broker>)
-                .map_err(|e| e.to_string())
+                .map_err(url_error)
+        }),
+        #[cfg(feature = "kafka")]
+        BrokerKind::Kafka => Some(|config, settings| {
+            let k = &config.kafka;
+            let options = chatmesh_broker_kafka::KafkaOptions {
+                room_partitions: k.room_partitions,
+                user_partitions: k.user_partitions,
+                replication: (k.replication != 0).then_some(k.replication),
+                linger_ms: k.linger_ms,
+                fetch_wait_ms: k.fetch_wait_ms,
+                tail_records: k.tail_records,
+            };
+            chatmesh_broker_kafka::KafkaBroker::with_options(&config.url, settings, options)
+                .map(|b| Arc::new(b) as Arc<dyn Broker>)
+                .map_err(url_error)
         }),
         _ => None,
     }
@@ -82,8 +119,5 @@ pub fn build(config: &Config) -> Result<Arc<dyn Broker>, ConfigError> {
             message: not_built(kind),
         });
     };
-    make(&config.broker.url, settings(config)).map_err(|message| ConfigError {
-        key: "broker.url".into(),
-        message,
-    })
+    make(&config.broker, settings(config))
 }

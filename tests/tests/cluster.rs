@@ -1573,3 +1573,4 @@ cluster_suite!(
 );
 cluster_suite!(nats, Backend::Nats);
 cluster_suite!(nats_cluster, Backend::NatsCluster);
+cluster_suite!(kafka, Backend::Kafka);

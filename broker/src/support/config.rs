@@ -19,6 +19,10 @@ pub enum ConfigError {
         url: String,
         reason: String,
     },
+    /// A broker-specific option (or the namespace) cannot work; the reason
+    /// names the config key.
+    #[error("{reason}")]
+    BadOption { reason: String },
     /// The broker spawns its connection task on the current tokio runtime.
     #[error("the {broker} broker must be created inside a tokio runtime")]
     NoRuntime { broker: &'static str },

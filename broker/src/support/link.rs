@@ -81,6 +81,12 @@ impl LinkState {
         self.emit(BrokerEvent::Connected).await;
     }
 
+    /// Reports that the link gave up for good (see [`BrokerEvent::Failed`]).
+    pub async fn fail(&self, reason: String) {
+        self.connected.store(false, Ordering::Release);
+        self.emit(BrokerEvent::Failed(reason)).await;
+    }
+
     /// Marks the link closed and tells the background task to stop. No await,
     /// so `Drop` can call it too.
     pub fn close(&self) {

@@ -179,6 +179,13 @@ impl StreamHandler<BrokerEvent> for ClusterBridge {
                     }
                 }
             }
+            BrokerEvent::Failed(reason) => {
+                // The broker gave up for good (e.g. a Kafka topic with another
+                // partition count): stop with one line rather than serve 503s forever.
+                tracing::error!(broker = self.broker.kind(), %reason, "broker link failed; stopping");
+                eprintln!("chatmesh: broker error: {reason}");
+                std::process::exit(1);
+            }
             BrokerEvent::Disconnected => {
                 self.was_disconnected = true;
                 // Some clients resubscribe on their own before the link reports

@@ -1,0 +1,1160 @@
+//! The node's link to Kafka: one producer and one consumer (plus an admin
+//! client used while connecting), the partitions the consumer reads, what it
+//! keeps of them, and the background task that connects, watches and
+//! reconnects.
+//!
+//! # Reading
+//! The consumer has no group: partitions are assigned by hand
+//! (`incremental_assign` with an offset), so there is no rebalancing on the
+//! live path. A partition is read while a held topic maps to it, or while a
+//! call needs its tail (history, a deduplicated publish); see [`Link::acquire`].
+//! One task reads every record, in each partition's order, updates the
+//! [`Tail`]s and the presence [`Book`], and hands the node the deliveries of
+//! its held topics only: records of other rooms and users in the same
+//! partitions are dropped here and counted
+//! (`chatmesh_kafka_records_read_total` / `…_delivered_total`).
+//!
+//! # Faults
+//! librdkafka reconnects on its own and hides outages, so the task probes
+//! the cluster every [`PROBE_EVERY`] (a metadata request that must list this
+//! namespace's topics with their partition counts) and at once when the
+//! consumer reports an error. A failed probe drops the session — its
+//! producer purged, so a publish whose caller got an error is never sent
+//! later — and emits `Disconnected`; calls fail at once with `Unavailable`
+//! until a new session has created what is missing, read the epoch and the
+//! control topic, and assigned every held topic's partitions again; then
+//! `Connected`.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chatmesh_broker::support::{Backoff, LinkState};
+use chatmesh_broker::{
+    codec, BrokerError, BrokerEvent, BrokerSettings, Delivery, Envelope, Pos, Topic,
+};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, OwnedHeaders};
+use rdkafka::metadata::Metadata;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::book::Book;
+use crate::context::Quiet;
+use crate::error::{timed_out, unavailable};
+use crate::names::{partition_of, Names, Role};
+use crate::records::{decode_epoch, encode_epoch, Control, CID_HEADER, USER_HEADER};
+use crate::tail::{Key, Seen, Tail};
+use crate::KafkaOptions;
+
+/// How long one request (a produce, a metadata or watermark request, reading
+/// a tail up to date) may take before it fails with `Unavailable`.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a live link is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// How long a probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How often silent nodes are expired from presence.
+const EXPIRE_EVERY: Duration = Duration::from_millis(100);
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Above this many control records, a new session looks for the first one
+/// young enough to matter instead of reading them all.
+const CONTROL_SCAN: i64 = 50_000;
+/// The largest envelope sent: Kafka's default `message.max.bytes` is 1 MB.
+const MAX_RECORD: usize = 1_000_000 - 1024;
+
+/// One partition of one of this namespace's topics.
+pub(crate) type Part = (Role, i32);
+
+/// What this node holds: the topics whose deliveries it hands on.
+#[derive(Debug, Default)]
+struct Held {
+    rooms: BTreeSet<String>,
+    users: BTreeSet<String>,
+}
+
+impl Held {
+    fn contains(&self, topic: &Topic) -> bool {
+        match topic {
+            Topic::Room(r) => self.rooms.contains(r),
+            Topic::User(u) => self.users.contains(u),
+        }
+    }
+
+    /// True when newly held.
+    fn insert(&mut self, topic: &Topic) -> bool {
+        match topic {
+            Topic::Room(r) => self.rooms.insert(r.clone()),
+            Topic::User(u) => self.users.insert(u.clone()),
+        }
+    }
+
+    fn remove(&mut self, topic: &Topic) -> bool {
+        match topic {
+            Topic::Room(r) => self.rooms.remove(r),
+            Topic::User(u) => self.users.remove(u),
+        }
+    }
+
+    fn all(&self) -> Vec<Topic> {
+        let rooms = self.rooms.iter().cloned().map(Topic::Room);
+        rooms
+            .chain(self.users.iter().cloned().map(Topic::User))
+            .collect()
+    }
+}
+
+/// What the reader keeps, under one lock.
+#[derive(Debug, Default)]
+pub(crate) struct Read {
+    pub(crate) tails: HashMap<Part, Tail>,
+    refs: HashMap<Part, usize>,
+    pub(crate) book: Book,
+    /// The first epoch record the meta tail has read.
+    epoch: Option<u64>,
+    /// The presence changes this node's own joins and leaves caused, by
+    /// offset, for their writer to announce.
+    caused: std::collections::VecDeque<(i64, Vec<chatmesh_broker::PresenceChange>)>,
+}
+
+/// How many caused changes are kept for their writers to pick up.
+const CAUSED: usize = 4096;
+
+/// What one session's calls and its reader share.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    epoch: AtomicU64,
+    read: Mutex<Read>,
+    /// The session was dropped: waiters give up at once.
+    gone: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Read> {
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+}
+
+/// Everything a call needs from one set of live clients.
+pub(crate) struct Session {
+    pub(crate) producer: FutureProducer<Quiet>,
+    consumer: Arc<StreamConsumer<Quiet>>,
+    pub(crate) shared: Arc<Shared>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Why a session could not be set up.
+enum SetupError {
+    /// Kafka is unreachable or failing: retry with backoff.
+    Down(BrokerError),
+    /// This configuration cannot work with this cluster (a topic with another
+    /// partition count, a topic Kafka refuses to create): the node stops.
+    Fatal(String),
+}
+
+impl From<BrokerError> for SetupError {
+    fn from(e: BrokerError) -> Self {
+        SetupError::Down(e)
+    }
+}
+
+/// See the module docs.
+pub(crate) struct Link {
+    pub(crate) names: Names,
+    pub(crate) settings: BrokerSettings,
+    pub(crate) options: KafkaOptions,
+    bootstrap: String,
+    pub(crate) state: LinkState,
+    session: RwLock<Option<Arc<Session>>>,
+    held: RwLock<Held>,
+    /// Serializes subscribe and unsubscribe.
+    ops: tokio::sync::Mutex<()>,
+    /// Bumped after the reader handled a record, so waiters look again.
+    progress: watch::Sender<u64>,
+    /// Something looks wrong: probe now.
+    suspect: Notify,
+    /// The node ids this broker writes control records for: never expired
+    /// by this node's own reader.
+    own: Mutex<HashSet<String>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Link {
+    pub(crate) fn new(
+        bootstrap: String,
+        names: Names,
+        settings: BrokerSettings,
+        options: KafkaOptions,
+        events: mpsc::Sender<BrokerEvent>,
+    ) -> Link {
+        Link {
+            names,
+            settings,
+            options,
+            bootstrap,
+            state: LinkState::new("kafka", events),
+            session: RwLock::new(None),
+            held: RwLock::new(Held::default()),
+            ops: tokio::sync::Mutex::new(()),
+            progress: watch::Sender::new(0),
+            suspect: Notify::new(),
+            own: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The live session, or `Unavailable` while the link is down.
+    pub(crate) fn session(&self) -> Result<Arc<Session>, BrokerError> {
+        self.state.check_open()?;
+        let guard = self.session.read().unwrap_or_else(|p| p.into_inner());
+        guard
+            .clone()
+            .ok_or_else(|| BrokerError::Unavailable("the Kafka link is down".into()))
+    }
+
+    fn install(&self, session: Option<Arc<Session>>) -> Option<Arc<Session>> {
+        let mut guard = self.session.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut *guard, session);
+        if let Some(old) = &old {
+            old.shared.gone.store(true, Ordering::Release);
+        }
+        self.bump();
+        old
+    }
+
+    fn bump(&self) {
+        self.progress.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The partition a topic's records live in.
+    pub(crate) fn parts(&self, topic: &Topic) -> Vec<Part> {
+        match topic {
+            Topic::Room(r) => vec![self.part(Role::Rooms, r)],
+            Topic::User(u) => vec![self.part(Role::Users, u)],
+        }
+    }
+
+    /// The partition of a record key in `role`'s topic.
+    pub(crate) fn part(&self, role: Role, key: &str) -> Part {
+        let n = match role {
+            Role::Rooms => self.options.room_partitions,
+            Role::Users => self.options.user_partitions,
+            Role::Control | Role::Meta => 1,
+        };
+        (role, partition_of(key, n))
+    }
+
+    // ----- waiting on the reader -------------------------------------------
+
+    /// Waits until `cond` holds on what the reader keeps (it is asked again
+    /// after every record), for at most [`REQUEST_TIMEOUT`].
+    pub(crate) async fn wait_for<T>(
+        &self,
+        session: &Session,
+        what: &str,
+        cond: impl Fn(&Read) -> Option<T>,
+    ) -> Result<T, BrokerError> {
+        let mut rx = self.progress.subscribe();
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            if let Some(v) = cond(&session.shared.lock()) {
+                return Ok(v);
+            }
+            self.state.check_open()?;
+            if session.shared.gone.load(Ordering::Acquire) {
+                return Err(BrokerError::Unavailable(
+                    format!("{what}: the Kafka link went down").into(),
+                ));
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(BrokerError::Closed),
+                Err(_) => return Err(timed_out(what)),
+            }
+        }
+    }
+
+    /// Waits until the tail of `part` has read everything stored in it when
+    /// this was called, and returns `f` of it.
+    pub(crate) async fn read_up<T>(
+        &self,
+        session: &Session,
+        part: Part,
+        what: &str,
+        f: impl Fn(&Tail, &Read) -> T,
+    ) -> Result<T, BrokerError> {
+        let (_, end) = watermarks(session, &self.names.topic(part.0), part.1).await?;
+        self.wait_for(session, what, |r| {
+            r.tails
+                .get(&part)
+                .filter(|t| t.ready() && t.next >= end)
+                .map(|t| f(t, r))
+        })
+        .await
+    }
+
+    // ----- which partitions are read ---------------------------------------
+
+    /// Reads `part` (if not read yet) until it is released, and waits until
+    /// its backfill is read. Every `acquire` that returns `Ok` needs one
+    /// [`Link::release`].
+    pub(crate) async fn acquire(&self, session: &Session, part: Part) -> Result<(), BrokerError> {
+        let first = {
+            let mut read = session.shared.lock();
+            let n = read.refs.entry(part).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        let assigned = if first {
+            self.assign(session, part).await
+        } else {
+            Ok(())
+        };
+        let ready = match assigned {
+            Ok(()) => {
+                self.wait_for(session, "subscribe", |r| {
+                    r.tails.get(&part).filter(|t| t.ready()).map(|_| ())
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if ready.is_err() {
+            self.release(session, part);
+        }
+        ready
+    }
+
+    /// Starts reading `part` from its backfill.
+    async fn assign(&self, session: &Session, part: Part) -> Result<(), BrokerError> {
+        let (role, p) = part;
+        let topic = self.names.topic(role);
+        let (low, high) = watermarks(session, &topic, p).await?;
+        let (back, cap) = match role {
+            Role::Rooms => (self.options.tail_records as i64, self.options.tail_records),
+            Role::Users => (self.options.tail_records as i64, 0),
+            // Read by `connect`, which picks the start itself.
+            Role::Control | Role::Meta => (high - low, 0),
+        };
+        self.assign_at(session, part, low.max(high - back), high, cap)
+    }
+
+    /// Starts reading `part` at `start`, delivering from `boundary`.
+    fn assign_at(
+        &self,
+        session: &Session,
+        part: Part,
+        start: i64,
+        boundary: i64,
+        cap: usize,
+    ) -> Result<(), BrokerError> {
+        let (role, p) = part;
+        let topic = self.names.topic(role);
+        let window = self.settings.dedupe_window.as_millis() as i64;
+        let mut read = session.shared.lock();
+        if read.refs.get(&part).copied().unwrap_or(0) == 0 {
+            return Ok(()); // released meanwhile
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&topic, p, Offset::Offset(start))
+            .map_err(|e| unavailable("assign", e))?;
+        session
+            .consumer
+            .incremental_assign(&list)
+            .map_err(|e| unavailable("assign", e))?;
+        read.tails
+            .insert(part, Tail::new(start, boundary, cap, window));
+        drop(read);
+        self.bump();
+        Ok(())
+    }
+
+    /// Undoes one [`Link::acquire`]; the last one stops reading the partition.
+    pub(crate) fn release(&self, session: &Session, part: Part) {
+        let mut read = session.shared.lock();
+        let Some(n) = read.refs.get_mut(&part) else {
+            return;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        read.refs.remove(&part);
+        if read.tails.remove(&part).is_some() {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&self.names.topic(part.0), part.1);
+            if let Err(e) = session.consumer.incremental_unassign(&list) {
+                warn!(?part, cause = %e, "unassign failed");
+            }
+        }
+    }
+
+    /// Holds `topics`: their partitions are read, their records delivered.
+    pub(crate) async fn subscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        let _ops = self.ops.lock().await;
+        let session = self.session()?;
+        for topic in topics {
+            if !self.write_held().insert(topic) {
+                continue;
+            }
+            let mut got = Vec::new();
+            for part in self.parts(topic) {
+                match self.acquire(&session, part).await {
+                    Ok(()) => got.push(part),
+                    Err(e) => {
+                        self.write_held().remove(topic);
+                        for part in got {
+                            self.release(&session, part);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops holding `topics`.
+    pub(crate) async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
+        let _ops = self.ops.lock().await;
+        self.state.check_open()?;
+        let session = self.session().ok();
+        for topic in topics {
+            if !self.write_held().remove(topic) {
+                continue;
+            }
+            if let Some(session) = &session {
+                for part in self.parts(topic) {
+                    self.release(session, part);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_held(&self) -> std::sync::RwLockWriteGuard<'_, Held> {
+        self.held.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn holds(&self, topic: &Topic) -> bool {
+        self.held
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic)
+    }
+
+    // ----- producing --------------------------------------------------------
+
+    /// Stores one record in `part`; its offset once Kafka acknowledged it
+    /// (`acks=all`).
+    pub(crate) async fn produce(
+        &self,
+        session: &Session,
+        part: Part,
+        key: &str,
+        payload: &[u8],
+        dedupe: Option<(&str, &str)>,
+    ) -> Result<i64, BrokerError> {
+        if payload.len() > MAX_RECORD {
+            return Err(BrokerError::Invalid(
+                format!(
+                    "a record of {} bytes exceeds Kafka's default limit of {MAX_RECORD}",
+                    payload.len()
+                )
+                .into(),
+            ));
+        }
+        let topic = self.names.topic(part.0);
+        let mut record = FutureRecord::to(&topic)
+            .partition(part.1)
+            .key(key)
+            .payload(payload)
+            .timestamp(now_ms());
+        if let Some((user, cid)) = dedupe {
+            let headers = OwnedHeaders::new()
+                .insert(rdkafka::message::Header {
+                    key: USER_HEADER,
+                    value: Some(user),
+                })
+                .insert(rdkafka::message::Header {
+                    key: CID_HEADER,
+                    value: Some(cid),
+                });
+            record = record.headers(headers);
+        }
+        let send = session.producer.send(record, REQUEST_TIMEOUT);
+        match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), send).await {
+            Ok(Ok(delivery)) => Ok(delivery.offset),
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))) => {
+                Err(BrokerError::Invalid(
+                    "the record is larger than Kafka accepts".into(),
+                ))
+            }
+            Ok(Err((e, _))) => {
+                self.suspect.notify_one();
+                Err(unavailable("produce", e))
+            }
+            Err(_) => {
+                self.suspect.notify_one();
+                Err(timed_out("produce"))
+            }
+        }
+    }
+
+    /// Writes a join or leave to the control topic, waits until this node's
+    /// reader has applied it (so presence answers include it), and announces
+    /// the change it caused, if any, in the room's partition: after whatever
+    /// the room stored before, in the one order every node reads.
+    pub(crate) async fn control(
+        &self,
+        session: &Session,
+        record: &Control,
+    ) -> Result<(), BrokerError> {
+        let offset = self.write_control(session, record).await?;
+        let part = (Role::Control, 0);
+        let changes = self
+            .wait_for(session, "presence", |r| {
+                r.tails.get(&part).filter(|t| t.next > offset)?;
+                let caused = r.caused.iter().find(|(o, _)| *o == offset);
+                Some(caused.map(|(_, c)| c.clone()).unwrap_or_default())
+            })
+            .await?;
+        for change in changes {
+            let room = change.room.clone();
+            let payload = codec::encode(&Envelope::Presence(change));
+            self.produce(
+                session,
+                self.part(Role::Rooms, &room),
+                &room,
+                &payload,
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one control record; its offset.
+    pub(crate) async fn write_control(
+        &self,
+        session: &Session,
+        record: &Control,
+    ) -> Result<i64, BrokerError> {
+        self.own
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.node().to_owned());
+        let payload = record.encode();
+        self.produce(
+            session,
+            (Role::Control, 0),
+            record.node(),
+            payload.as_bytes(),
+            None,
+        )
+        .await
+    }
+
+    /// Presence read after everything written to the control topic so far.
+    pub(crate) async fn book<T>(
+        &self,
+        session: &Session,
+        f: impl Fn(&Book) -> T,
+    ) -> Result<T, BrokerError> {
+        self.read_up(session, (Role::Control, 0), "presence", |_, r| f(&r.book))
+            .await
+    }
+
+    // ----- reading ----------------------------------------------------------
+
+    /// What one record means to this node: the deliveries it causes.
+    fn take(&self, shared: &Shared, m: &BorrowedMessage<'_>) -> Vec<Delivery> {
+        let Some(role) = self.names.role(m.topic()) else {
+            return Vec::new();
+        };
+        metrics::counter!("chatmesh_kafka_records_read_total", "topic" => role.label())
+            .increment(1);
+        let ts = m.timestamp().to_millis().unwrap_or_else(now_ms);
+        let payload = m.payload().unwrap_or(&[]);
+        let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
+        let part = (role, m.partition());
+        let mut read = shared.lock();
+        let out = match role {
+            Role::Control => self.take_control(&mut read, m.offset(), ts, payload),
+            Role::Meta => {
+                let epoch = std::str::from_utf8(payload).ok().and_then(decode_epoch);
+                if let Some(tail) = read.tails.get_mut(&part) {
+                    if tail.record(m.offset(), ts, None, "", None) == Seen::Fresh {
+                        read.epoch = read.epoch.or(epoch);
+                    }
+                }
+                Vec::new()
+            }
+            Role::Rooms | Role::Users => {
+                self.take_envelope(&mut read, part, m, ts, key, payload, shared.epoch())
+            }
+        };
+        if !out.is_empty() {
+            metrics::counter!("chatmesh_kafka_records_delivered_total", "topic" => role.label())
+                .increment(1);
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn take_envelope(
+        &self,
+        read: &mut Read,
+        part: Part,
+        m: &BorrowedMessage<'_>,
+        ts: i64,
+        key: Option<&str>,
+        payload: &[u8],
+        epoch: u64,
+    ) -> Vec<Delivery> {
+        let Some(tail) = read.tails.get_mut(&part) else {
+            return Vec::new(); // unassigned meanwhile
+        };
+        let envelope = codec::decode(payload).ok();
+        let dedupe = key.zip(dedupe_header(m)).map(|(name, (user, cid))| Key {
+            name: name.to_owned(),
+            user,
+            cid,
+        });
+        let (id, message) = match &envelope {
+            Some(Envelope::Message(msg)) => (msg.id.as_str(), Some(msg.clone())),
+            Some(Envelope::Direct(d)) => (d.id.as_str(), None),
+            _ => ("", None),
+        };
+        let offset = m.offset();
+        let seen = tail.record(
+            offset,
+            ts,
+            dedupe,
+            id,
+            message.filter(|_| part.0 == Role::Rooms),
+        );
+        if seen != Seen::Fresh || offset < tail.boundary {
+            return Vec::new();
+        }
+        let (Some(envelope), Some(name)) = (envelope, key) else {
+            warn!(topic = m.topic(), offset, "unreadable record dropped");
+            return Vec::new();
+        };
+        let topic = match part.0 {
+            Role::Users => Topic::User(name.to_owned()),
+            _ => Topic::Room(name.to_owned()),
+        };
+        if !self.holds(&topic) {
+            return Vec::new();
+        }
+        let stored = matches!(envelope, Envelope::Message(_));
+        let pos = stored.then(|| Pos::new(epoch, offset as u64, 0));
+        vec![Delivery {
+            topic,
+            pos,
+            envelope,
+        }]
+    }
+
+    fn take_control(&self, read: &mut Read, offset: i64, ts: i64, payload: &[u8]) -> Vec<Delivery> {
+        let part = (Role::Control, 0);
+        let Some(tail) = read.tails.get_mut(&part) else {
+            return Vec::new();
+        };
+        if tail.record(offset, ts, None, "", None) != Seen::Fresh {
+            return Vec::new();
+        }
+        let live = offset >= tail.boundary;
+        let Some(record) = std::str::from_utf8(payload).ok().and_then(Control::decode) else {
+            warn!(offset, "unreadable control record dropped");
+            return Vec::new();
+        };
+        let beat = matches!(record, Control::Beat { .. });
+        let mine = self
+            .own
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(record.node());
+        let changes = read.book.apply(record, ts);
+        if !beat {
+            // A join or leave: its writer announces the change in the room.
+            if mine && !changes.is_empty() {
+                read.caused.push_back((offset, changes));
+                if read.caused.len() > CAUSED {
+                    read.caused.pop_front();
+                }
+            }
+            return Vec::new();
+        }
+        // A heartbeat that repaired entries: each node tells its own members.
+        if live {
+            self.presence_deliveries(changes)
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn presence_deliveries(&self, changes: Vec<chatmesh_broker::PresenceChange>) -> Vec<Delivery> {
+        changes
+            .into_iter()
+            .map(|c| Delivery {
+                topic: Topic::Room(c.room.clone()),
+                pos: None,
+                envelope: Envelope::Presence(c),
+            })
+            .filter(|d| self.holds(&d.topic))
+            .collect()
+    }
+
+    /// Presence of nodes that went silent, once the control tail is read.
+    fn expire(&self, shared: &Shared) -> Vec<Delivery> {
+        let mut read = shared.lock();
+        let ready = read
+            .tails
+            .get(&(Role::Control, 0))
+            .is_some_and(|t| t.ready());
+        if !ready {
+            return Vec::new();
+        }
+        let ttl = self.settings.presence_ttl.as_millis() as i64;
+        let own = self.own.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let changes = read.book.expire(now_ms(), ttl, &own);
+        drop(read);
+        self.presence_deliveries(changes)
+    }
+
+    /// The reader of one session.
+    async fn read_loop(self: Arc<Self>, consumer: Arc<StreamConsumer<Quiet>>, shared: Arc<Shared>) {
+        let mut expire = tokio::time::interval(EXPIRE_EVERY);
+        loop {
+            let out = tokio::select! {
+                m = consumer.recv() => match m {
+                    Ok(m) => self.take(&shared, &m),
+                    Err(e) => {
+                        debug!(cause = %e, "consumer error");
+                        self.suspect.notify_one();
+                        Vec::new()
+                    }
+                },
+                _ = expire.tick() => self.expire(&shared),
+            };
+            for d in out {
+                self.state.deliver(d).await;
+            }
+            self.bump();
+        }
+    }
+
+    // ----- connecting -------------------------------------------------------
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap)
+            .set("allow.auto.create.topics", "false")
+            .set("socket.connection.setup.timeout.ms", "3000")
+            .set("reconnect.backoff.ms", "50")
+            .set("reconnect.backoff.max.ms", "1000")
+            .set("log_level", "3");
+        c
+    }
+
+    /// Creates the clients, the missing topics, reads the epoch and the
+    /// control topic, and assigns every held topic's partitions.
+    async fn connect(self: &Arc<Self>) -> Result<Arc<Session>, SetupError> {
+        let fail = |op: &'static str| move |e: KafkaError| SetupError::Down(unavailable(op, e));
+        let producer: FutureProducer<Quiet> = self
+            .client_config()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", self.options.linger_ms.to_string())
+            .set(
+                "message.timeout.ms",
+                REQUEST_TIMEOUT.as_millis().to_string(),
+            )
+            .create_with_context(Quiet)
+            .map_err(fail("producer"))?;
+        let consumer: StreamConsumer<Quiet> = self
+            .client_config()
+            .set("group.id", format!("chatmesh-{}", rand::random::<u64>()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", self.options.fetch_wait_ms.to_string())
+            .set(
+                "fetch.error.backoff.ms",
+                self.options.fetch_wait_ms.to_string(),
+            )
+            .create_with_context(Quiet)
+            .map_err(fail("consumer"))?;
+        let created = self.ensure_topics(&producer).await?;
+        let consumer = Arc::new(consumer);
+        let shared = Arc::new(Shared::default());
+        let reader = tokio::spawn(self.clone().read_loop(consumer.clone(), shared.clone()));
+        let session = Arc::new(Session {
+            producer,
+            consumer,
+            shared,
+            reader,
+        });
+        self.read_epoch(&session, created).await?;
+        self.read_control(&session).await?;
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner()).all();
+        for topic in held {
+            for part in self.parts(&topic) {
+                self.acquire(&session, part).await?;
+            }
+        }
+        Ok(session)
+    }
+
+    /// Creates this namespace's missing topics and checks the partition counts
+    /// of all; whether this node created the rooms topic.
+    async fn ensure_topics(&self, producer: &FutureProducer<Quiet>) -> Result<bool, SetupError> {
+        let md = metadata(producer, REQUEST_TIMEOUT).await?;
+        let brokers = md.brokers().len().max(1) as i32;
+        let found = self.partition_counts(&md);
+        let want = self.wanted();
+        let missing: Vec<&(Role, String, i32)> = want
+            .iter()
+            .filter(|(_, name, _)| !found.contains_key(name))
+            .collect();
+        let mut created_rooms = false;
+        if !missing.is_empty() {
+            let replication = self.options.replication.unwrap_or(brokers.min(3));
+            let admin: AdminClient<Quiet> = self
+                .client_config()
+                .create_with_context(Quiet)
+                .map_err(|e| SetupError::Down(unavailable("admin", e)))?;
+            let topics: Vec<NewTopic<'_>> = missing
+                .iter()
+                .map(|(_, name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(replication)))
+                .collect();
+            let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+            let results =
+                match tokio::time::timeout(REQUEST_TIMEOUT, admin.create_topics(&topics, &options))
+                    .await
+                {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => return Err(SetupError::Down(unavailable("create topics", e))),
+                    Err(_) => return Err(SetupError::Down(timed_out("create topics"))),
+                };
+            for result in results {
+                match result {
+                    Ok(name) => {
+                        info!(topic = %name, "created Kafka topic");
+                        created_rooms |= name == self.names.topic(Role::Rooms);
+                    }
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((name, code)) if retryable(code) => {
+                        return Err(SetupError::Down(BrokerError::Unavailable(
+                            format!("creating Kafka topic {name}: {code}").into(),
+                        )))
+                    }
+                    Err((name, code)) => {
+                        return Err(SetupError::Fatal(format!(
+                            "cannot create Kafka topic {name}: {code}"
+                        )))
+                    }
+                }
+            }
+        }
+        let md = metadata(producer, REQUEST_TIMEOUT).await?;
+        let found = self.partition_counts(&md);
+        for (role, name, n) in &want {
+            match found.get(name) {
+                Some(got) if got == n => {}
+                Some(got) => {
+                    return Err(SetupError::Fatal(format!(
+                        "Kafka topic {name} has {got} partitions but this node expects {n} ({}); \
+                         every node of a namespace must use the same count",
+                        role.option()
+                    )))
+                }
+                None => {
+                    return Err(SetupError::Down(BrokerError::Unavailable(
+                        format!("Kafka topic {name} is not listed yet").into(),
+                    )))
+                }
+            }
+        }
+        Ok(created_rooms)
+    }
+
+    /// Every topic of this namespace with its partition count.
+    fn wanted(&self) -> Vec<(Role, String, i32)> {
+        Role::ALL
+            .into_iter()
+            .map(|role| {
+                let n = match role {
+                    Role::Rooms => self.options.room_partitions,
+                    Role::Users => self.options.user_partitions,
+                    Role::Control | Role::Meta => 1,
+                };
+                (role, self.names.topic(role), n)
+            })
+            .collect()
+    }
+
+    fn partition_counts(&self, md: &Metadata) -> HashMap<String, i32> {
+        md.topics()
+            .iter()
+            .filter(|t| t.error().is_none() && self.names.role(t.name()).is_some())
+            .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+            .collect()
+    }
+
+    /// The epoch: the first record of the meta topic, written by whichever
+    /// node found it empty first (log order decides between two).
+    async fn read_epoch(&self, session: &Session, created_rooms: bool) -> Result<(), SetupError> {
+        let part = (Role::Meta, 0);
+        let topic = self.names.topic(Role::Meta);
+        let (low, mut high) = watermarks(session, &topic, 0).await?;
+        if high == low {
+            let epoch = rand::random::<u64>().max(1);
+            self.produce(session, part, "epoch", encode_epoch(epoch).as_bytes(), None)
+                .await?;
+            high = watermarks(session, &topic, 0).await?.1;
+        } else if created_rooms {
+            warn!(%topic, "this node created the rooms topic but the meta topic existed: delete all of a namespace's topics together, or old positions may be taken for new ones");
+        }
+        session.shared.lock().refs.insert(part, 1);
+        self.assign_at(session, part, low, high.min(low + 1), 0)?;
+        let epoch = self
+            .wait_for(session, "read the epoch", |r| {
+                r.tails.get(&part).filter(|t| t.ready()).and(r.epoch)
+            })
+            .await?;
+        session.shared.epoch.store(epoch, Ordering::Release);
+        debug!(epoch = format!("{epoch:x}"), "epoch");
+        Ok(())
+    }
+
+    /// Reads the control topic from the first record young enough to matter
+    /// (every live node heartbeats within the TTL) up to its end.
+    async fn read_control(&self, session: &Session) -> Result<(), SetupError> {
+        let part = (Role::Control, 0);
+        let topic = self.names.topic(Role::Control);
+        let (low, high) = watermarks(session, &topic, 0).await?;
+        let start = if high - low > CONTROL_SCAN {
+            let since = now_ms() - 2 * self.settings.presence_ttl.as_millis() as i64;
+            first_after(self, &topic, low, high, since).await
+        } else {
+            low
+        };
+        session.shared.lock().refs.insert(part, 1);
+        self.assign_at(session, part, start, high, 0)?;
+        self.wait_for(session, "read the control topic", |r| {
+            r.tails.get(&part).filter(|t| t.ready()).map(|_| ())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Whether the session still works: the cluster answers and lists every
+    /// topic with its partition count.
+    async fn probe(&self, session: &Session) -> bool {
+        let md = match metadata(&session.producer, PROBE_TIMEOUT).await {
+            Ok(md) => md,
+            Err(e) => {
+                debug!(cause = %e, "probe failed");
+                return false;
+            }
+        };
+        let found = self.partition_counts(&md);
+        let ok = self
+            .wanted()
+            .iter()
+            .all(|(_, name, n)| found.get(name) == Some(n));
+        if !ok {
+            warn!("Kafka no longer lists this namespace's topics (restarted empty?)");
+        }
+        ok
+    }
+
+    /// Drops a session without blocking the runtime (dropping a producer
+    /// purges it and waits for librdkafka briefly).
+    async fn retire(&self) {
+        if let Some(old) = self.install(None) {
+            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+        }
+    }
+
+    pub(crate) async fn close(&self) {
+        self.state.close();
+        self.retire().await;
+    }
+}
+
+/// The background task: connect, watch, reconnect.
+pub(crate) async fn run(link: Arc<Link>) {
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+    let mut shutdown = link.state.shutdown_signal();
+    loop {
+        match link.connect().await {
+            Ok(session) => {
+                link.install(Some(session.clone()));
+                backoff.reset();
+                link.state.set_up().await;
+                watch_session(&link, &session, &mut shutdown).await;
+                drop(session);
+                link.retire().await;
+                if link.state.is_closed() {
+                    return;
+                }
+                link.state.set_down().await;
+            }
+            Err(SetupError::Down(e)) => debug!(cause = %e, "Kafka not reachable"),
+            Err(SetupError::Fatal(reason)) => {
+                error!("{reason}");
+                link.state.fail(reason).await;
+                return;
+            }
+        }
+        if !backoff.wait(&mut shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Returns when the session stops working or the link is closed.
+async fn watch_session(link: &Link, session: &Session, shutdown: &mut watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = link.suspect.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ = shutdown.changed() => return,
+        }
+        if link.state.is_closed() || !link.probe(session).await {
+            return;
+        }
+    }
+}
+
+fn retryable(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::RequestTimedOut
+            | C::OperationTimedOut
+            | C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::NotController
+            | C::LeaderNotAvailable
+            | C::NetworkException
+    )
+}
+
+/// The dedupe key of a record, from its headers.
+fn dedupe_header(m: &BorrowedMessage<'_>) -> Option<(String, String)> {
+    let headers = m.headers()?;
+    let mut user = None;
+    let mut cid = None;
+    for h in headers.iter() {
+        let value = h.value.and_then(|v| std::str::from_utf8(v).ok());
+        match h.key {
+            USER_HEADER => user = value.map(str::to_owned),
+            CID_HEADER => cid = value.map(str::to_owned),
+            _ => {}
+        }
+    }
+    user.zip(cid)
+}
+
+/// The cluster's metadata (every topic), off the runtime's threads.
+async fn metadata(
+    producer: &FutureProducer<Quiet>,
+    timeout: Duration,
+) -> Result<Metadata, BrokerError> {
+    let client = producer.clone();
+    tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout))
+        .await
+        .map_err(|e| BrokerError::Unavailable(format!("metadata: {e}").into()))?
+        .map_err(|e| unavailable("metadata", e))
+}
+
+/// A partition's low and high watermarks.
+async fn watermarks(
+    session: &Session,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), BrokerError> {
+    let consumer = session.consumer.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        consumer.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)
+    })
+    .await
+    .map_err(|e| BrokerError::Unavailable(format!("watermarks: {e}").into()))?
+    .map_err(|e| unavailable("watermarks", e))
+}
+
+/// The first offset in `[low, high)` of the one-partition `topic` whose
+/// record is not older than `since` (ms), by binary search on the records'
+/// own timestamps (tansu 0.6.0 answers ListOffsets by time wrongly). `low`
+/// when it cannot tell.
+async fn first_after(link: &Link, topic: &str, low: i64, high: i64, since: i64) -> i64 {
+    let config = link.client_config();
+    let name = topic.to_owned();
+    let search = tokio::task::spawn_blocking(move || -> Option<i64> {
+        let consumer: BaseConsumer<Quiet> = config
+            .clone()
+            .set("group.id", "chatmesh-search")
+            .set("enable.auto.commit", "false")
+            .create_with_context(Quiet)
+            .ok()?;
+        let ts_at = |offset: i64| -> Option<i64> {
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(&name, 0, Offset::Offset(offset))
+                .ok()?;
+            consumer.assign(&list).ok()?;
+            let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+            while std::time::Instant::now() < deadline {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                    return m.timestamp().to_millis();
+                }
+            }
+            None
+        };
+        let (mut lo, mut hi) = (low, high);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if ts_at(mid)? < since {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
+    });
+    match search.await {
+        Ok(Some(offset)) => offset,
+        _ => {
+            warn!(%topic, "could not search the control topic by time; reading it all");
+            low
+        }
+    }
+}
