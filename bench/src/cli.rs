@@ -15,6 +15,7 @@ pub enum SpawnKind {
     Memory,
     Redis,
     Nats,
+    Kafka,
 }
 
 impl SpawnKind {
@@ -23,6 +24,7 @@ impl SpawnKind {
             SpawnKind::Memory => "memory",
             SpawnKind::Redis => "redis",
             SpawnKind::Nats => "nats",
+            SpawnKind::Kafka => "kafka",
         }
     }
 }

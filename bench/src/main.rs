@@ -190,6 +190,7 @@ async fn main() -> Result<()> {
         connect: None,
         memory: Memory::default(),
         broker_connections: Vec::new(),
+        broker_counters: Vec::new(),
         steps: Vec::new(),
         saturation: None,
         idle: None,
@@ -240,6 +241,7 @@ async fn main() -> Result<()> {
         note_broker(&ctx, "end", clients, &mut result);
     }
 
+    result.broker_counters = broker_counters(&urls).await;
     ctx.close_all();
     tokio::time::sleep(Duration::from_millis(500)).await;
     result.timeline = ctx
@@ -272,4 +274,30 @@ async fn main() -> Result<()> {
     }
     println!("{}", report::markdown(&result));
     Ok(())
+}
+
+/// The broker counters of each node's `/metrics` (nodes on loopback only).
+async fn broker_counters(urls: &[String]) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for url in urls {
+        let port = url.rsplit(':').next().and_then(|p| {
+            p.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse::<u16>()
+                .ok()
+        });
+        let Some(port) = port else { continue };
+        let Ok(text) = spawn::http_get(port, "/metrics").await else {
+            continue;
+        };
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("chatmesh_kafka_records_")
+                    || l.starts_with("chatmesh_broker_deliveries_unrouted_total")
+            })
+            .map(str::to_owned)
+            .collect();
+        out.push((url.clone(), lines));
+    }
+    out
 }

@@ -28,6 +28,9 @@ pub struct RunResult {
     pub memory: Memory,
     /// Broker connections (redis `CLIENT LIST`) at named moments.
     pub broker_connections: Vec<BrokerConnections>,
+    /// Each node's broker counters from `/metrics` at the end (Kafka: records
+    /// read vs delivered; every broker: deliveries no actor wanted).
+    pub broker_counters: Vec<(String, Vec<String>)>,
     pub steps: Vec<StepResult>,
     pub saturation: Option<Saturation>,
     pub idle: Option<IdleResult>,
@@ -219,6 +222,13 @@ pub fn markdown(r: &RunResult) -> String {
             s,
             "Broker connections (redis CLIENT LIST): {}.",
             list.join("; ")
+        );
+    }
+    for (node, lines) in &r.broker_counters {
+        let _ = writeln!(
+            s,
+            "Broker counters of {node} at the end: {}.",
+            lines.join("; ")
         );
     }
     if let Some(idle) = &r.idle {

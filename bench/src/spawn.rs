@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use chatmesh_testserver::kafka::TansuServer;
 use chatmesh_testserver::nats::NatsServer;
 use chatmesh_testserver::ports::free_port;
 use chatmesh_testserver::redis::RedisServer;
@@ -55,14 +56,19 @@ impl Drop for System {
     }
 }
 
-/// `GET path` on 127.0.0.1:port; the status code.
-pub async fn http_status(port: u16, path: &str) -> Result<u16> {
+/// `GET path` on 127.0.0.1:port; the whole response, head and body.
+pub async fn http_get(port: u16, path: &str) -> Result<String> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await??;
-    let head = String::from_utf8_lossy(&buf);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// `GET path` on 127.0.0.1:port; the status code.
+pub async fn http_status(port: u16, path: &str) -> Result<u16> {
+    let head = http_get(port, path).await?;
     let code = head
         .split_whitespace()
         .nth(1)
@@ -82,6 +88,7 @@ fn log_file(dir: &Path, name: &str) -> Result<(std::fs::File, std::fs::File)> {
 pub enum BrokerServer {
     Redis(RedisServer),
     Nats(NatsServer),
+    Kafka(TansuServer),
 }
 
 /// The started broker: its server and the name its process is watched under.
@@ -96,6 +103,7 @@ impl Broker {
         match &self.server {
             BrokerServer::Redis(r) => r.pid(),
             BrokerServer::Nats(n) => n.pid(),
+            BrokerServer::Kafka(t) => t.pid(),
         }
         .unwrap_or_default()
     }
@@ -113,6 +121,11 @@ fn start_broker(kind: SpawnKind) -> Result<Option<(Broker, String, u16)>> {
             let n = NatsServer::start().context("starting nats-server")?;
             let (url, port) = (n.url(), n.port());
             (BrokerServer::Nats(n), url, port)
+        }
+        SpawnKind::Kafka => {
+            let t = TansuServer::start().context("starting tansu")?;
+            let (url, port) = (t.bootstrap(), t.port());
+            (BrokerServer::Kafka(t), url, port)
         }
     };
     let name = kind.as_str().to_string();

@@ -108,6 +108,23 @@ impl KafkaBroker {
         Ok((offset, first))
     }
 
+    /// The partitions this node reads now, as `(topic, partition)`, sorted:
+    /// what interest routing costs it (diagnostics and tests).
+    pub fn reading(&self) -> Vec<(String, i32)> {
+        let Ok(session) = self.link.session() else {
+            return Vec::new();
+        };
+        let mut parts: Vec<(String, i32)> = session
+            .shared
+            .lock()
+            .tails
+            .keys()
+            .map(|(role, p)| (self.link.names.topic(*role), *p))
+            .collect();
+        parts.sort();
+        parts
+    }
+
     fn pos(&self, session: &Session, offset: i64) -> Option<Pos> {
         Some(Pos::new(session.shared.epoch(), offset as u64, 0))
     }

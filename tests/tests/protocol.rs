@@ -1156,12 +1156,12 @@ async fn an_unknown_broker_kind_stops_the_node_with_a_clear_line() {
 }
 
 /// `broker.kind` names a broker of the contract that this build does not have
-/// (Kafka, RabbitMQ): `--check-config` refuses it, as the start does, with one
+/// (RabbitMQ): `--check-config` refuses it, as the start does, with one
 /// line naming the key and the kinds the binary was built with (the suite runs
-/// the default build: memory, redis, nats).
+/// the default build: memory, redis, nats, kafka).
 #[tokio::test]
 async fn check_config_refuses_a_broker_kind_this_build_lacks() {
-    for kind in ["kafka", "rabbitmq"] {
+    for kind in ["rabbitmq"] {
         for args in [&["--check-config"][..], &[]] {
             let mut builder = Node::builder().broker(kind, Some("h:9092"));
             for arg in args {
@@ -1188,11 +1188,29 @@ async fn check_config_refuses_a_broker_kind_this_build_lacks() {
             assert!(
                 line.contains("broker.kind")
                     && line.contains(&format!("`{kind}` is not built into this binary"))
-                    && line.contains("this build supports memory, redis, nats"),
+                    && line.contains("this build supports memory, redis, nats, kafka"),
                 "{kind} {args:?}: the line names broker.kind and the built kinds: {line}"
             );
         }
     }
+}
+
+/// A `broker.kafka.*` value out of its range, and a bootstrap list that is not
+/// `host:port`, stop the start with one line naming the key.
+#[tokio::test]
+async fn bad_kafka_settings_stop_the_node_with_a_clear_line() {
+    stops_naming(
+        Node::builder()
+            .broker("kafka", Some("127.0.0.1:9"))
+            .env("CHATMESH_BROKER__KAFKA__LINGER_MS", "50"),
+        "broker.kafka.linger_ms",
+    )
+    .await;
+    stops_naming(
+        Node::builder().broker("kafka", Some("nats://127.0.0.1:4222")),
+        "broker.url",
+    )
+    .await;
 }
 
 #[tokio::test]
