@@ -68,6 +68,12 @@ pub struct Args {
     /// Publishers (0: one per room).
     #[arg(long, default_value_t = 0)]
     pub publishers: usize,
+    /// Put every member of a room on one node (room `r` on node `r mod N`)
+    /// instead of spreading each room over every node: no fan-out crosses
+    /// nodes, which shows what a broker routes to nodes that need nothing
+    /// (Kafka: records read vs delivered per node).
+    #[arg(long)]
+    pub node_local_rooms: bool,
     /// Total publish rates (messages/s), one step each, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "50,200,1000")]
     pub rate: Vec<f64>,

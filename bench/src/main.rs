@@ -155,7 +155,7 @@ async fn main() -> Result<()> {
     } else {
         args.publishers()
     };
-    let topo = Topology::build(&urls, clients, rooms, publishers);
+    let topo = Topology::build(&urls, clients, rooms, publishers, args.node_local_rooms);
     let mut ctx = run::Ctx::new(args.clone(), watched.clone(), redis_port, topo.publishers);
     tokio::spawn(ticker::run(
         ctx.ticker.clone(),

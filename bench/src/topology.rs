@@ -4,7 +4,8 @@
 //! room (`room-{(i / N) mod R}`), so every room has members on every node and its
 //! fan-out crosses the broker; publisher `p` is in room `p mod R` and is picked so
 //! that publishers alternate nodes. The total rate is split evenly with phases
-//! staggered over one period.
+//! staggered over one period. With `local`, room `r`'s members are all on
+//! node `r mod N` instead (rooms are not spread over nodes).
 
 /// One client of the scenario.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,14 +27,29 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn build(urls: &[String], clients: usize, rooms: usize, publishers: usize) -> Topology {
+    pub fn build(
+        urls: &[String],
+        clients: usize,
+        rooms: usize,
+        publishers: usize,
+        local: bool,
+    ) -> Topology {
         let n = urls.len().max(1);
         let rooms = rooms.max(1);
+        // Local: the rooms of node k are k, k + n, k + 2n, …
+        let per_node = rooms.div_ceil(n).max(1);
+        let room_of = |i: usize| {
+            if local {
+                (((i / n) % per_node) * n + i % n).min(rooms - 1)
+            } else {
+                (i / n) % rooms
+            }
+        };
         let mut plans: Vec<ClientPlan> = (0..clients)
             .map(|i| ClientPlan {
                 id: i,
                 url: urls.get(i % n).cloned().unwrap_or_default(),
-                room: (i / n) % rooms,
+                room: room_of(i),
                 publisher: None,
             })
             .collect();
@@ -77,7 +93,7 @@ mod tests {
     #[test]
     fn rooms_span_every_node_and_publishers_alternate() {
         let urls = vec!["a".to_string(), "b".to_string()];
-        let t = Topology::build(&urls, 1000, 10, 10);
+        let t = Topology::build(&urls, 1000, 10, 10, false);
         assert_eq!(t.members, vec![100; 10]);
         assert_eq!(t.publishers, 10);
         for room in 0..10 {
@@ -95,5 +111,22 @@ mod tests {
             .map(|c| c.url.as_str())
             .collect();
         assert_eq!(pub_urls.iter().filter(|u| **u == "a").count(), 5);
+    }
+
+    #[test]
+    fn local_rooms_live_on_one_node_each() {
+        let urls = vec!["a".to_string(), "b".to_string()];
+        let t = Topology::build(&urls, 1000, 10, 10, true);
+        assert_eq!(t.members, vec![100; 10]);
+        for c in &t.clients {
+            assert_eq!(
+                c.url,
+                urls[c.room % 2],
+                "client {} in room {}",
+                c.id,
+                c.room
+            );
+        }
+        assert_eq!(t.publishers, 10);
     }
 }

@@ -2,7 +2,7 @@
 //! turn rdkafka errors into [`BrokerError`]s.
 
 use chatmesh_broker::support::ConfigError;
-use chatmesh_broker::{BrokerError, Cause};
+use chatmesh_broker::BrokerError;
 
 /// Why a [`crate::KafkaBroker`] could not be created: see [`ConfigError`].
 pub type KafkaConfigError = ConfigError;
@@ -40,23 +40,17 @@ pub(crate) fn bootstrap(urls: &[String]) -> String {
     hosts.join(",")
 }
 
-/// The link failed: nothing was accepted. Keeps the client's error as the source.
+/// The link failed in `op`: see [`BrokerError::unavailable`].
 pub(crate) fn unavailable(
     op: &str,
     cause: impl std::error::Error + Send + Sync + 'static,
 ) -> BrokerError {
-    BrokerError::Unavailable(Cause::new(op, cause))
+    BrokerError::unavailable(op, cause)
 }
 
-/// The call did not finish in time.
+/// `op` got no answer within the request timeout.
 pub(crate) fn timed_out(op: &str) -> BrokerError {
-    BrokerError::Unavailable(
-        format!(
-            "{op}: no answer from Kafka within {:?}",
-            crate::link::REQUEST_TIMEOUT
-        )
-        .into(),
-    )
+    BrokerError::timed_out("Kafka", op, crate::link::REQUEST_TIMEOUT)
 }
 
 #[cfg(test)]

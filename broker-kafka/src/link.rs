@@ -1071,6 +1071,28 @@ fn retryable(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// The first offset in `[low, high)` whose timestamp (`ts_at`) is at least
+/// `since`, assuming timestamps grow with offsets (they do, roughly: writers'
+/// clocks; an error of a few records only moves the start a little); `high`
+/// when every record is older. `None` when a timestamp cannot be read.
+fn first_not_older(
+    low: i64,
+    high: i64,
+    since: i64,
+    ts_at: impl Fn(i64) -> Option<i64>,
+) -> Option<i64> {
+    let (mut lo, mut hi) = (low, high);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if ts_at(mid)? < since {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
+}
+
 /// The dedupe key of a record, from its headers.
 fn dedupe_header(m: &BorrowedMessage<'_>) -> Option<(String, String)> {
     let headers = m.headers()?;
@@ -1142,16 +1164,7 @@ async fn first_after(link: &Link, topic: &str, low: i64, high: i64, since: i64) 
             }
             None
         };
-        let (mut lo, mut hi) = (low, high);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if ts_at(mid)? < since {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        Some(lo)
+        first_not_older(low, high, since, ts_at)
     });
     match search.await {
         Ok(Some(offset)) => offset,
@@ -1159,5 +1172,25 @@ async fn first_after(link: &Link, topic: &str, low: i64, high: i64, since: i64) 
             warn!(%topic, "could not search the control topic by time; reading it all");
             low
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_not_older;
+
+    #[test]
+    fn the_control_start_is_the_first_young_enough_record() {
+        // Offsets 100..200 written at 10 ms steps from t = 0.
+        let ts = |o: i64| Some((o - 100) * 10);
+        assert_eq!(first_not_older(100, 200, 555, ts), Some(156));
+        assert_eq!(first_not_older(100, 200, 0, ts), Some(100));
+        assert_eq!(
+            first_not_older(100, 200, 99_999, ts),
+            Some(200),
+            "all older"
+        );
+        assert_eq!(first_not_older(100, 100, 5, ts), Some(100), "empty");
+        assert_eq!(first_not_older(100, 200, 555, |_| None), None);
     }
 }

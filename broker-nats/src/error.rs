@@ -4,7 +4,7 @@
 use std::fmt::Display;
 
 use chatmesh_broker::support::ConfigError;
-use chatmesh_broker::{BrokerError, Cause};
+use chatmesh_broker::BrokerError;
 
 /// Why a [`crate::NatsBroker`] could not be created: see [`ConfigError`].
 pub type NatsConfigError = ConfigError;
@@ -39,24 +39,17 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The link (not the request) failed: nothing was accepted. Keeps the
-/// client's error as the source.
+/// The link failed in `op`: see [`BrokerError::unavailable`].
 pub(crate) fn unavailable(
     op: &str,
     cause: impl std::error::Error + Send + Sync + 'static,
 ) -> BrokerError {
-    BrokerError::Unavailable(Cause::new(op, cause))
+    BrokerError::unavailable(op, cause)
 }
 
-/// The call did not finish within the request timeout.
+/// `op` got no answer within the request timeout.
 pub(crate) fn timed_out(op: &str) -> BrokerError {
-    BrokerError::Unavailable(
-        format!(
-            "{op}: no answer from NATS within {:?}",
-            crate::link::REQUEST_TIMEOUT
-        )
-        .into(),
-    )
+    BrokerError::timed_out("NATS", op, crate::link::REQUEST_TIMEOUT)
 }
 
 /// NATS answered something this code does not understand.

@@ -25,6 +25,17 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
+    /// The link (not the request) failed in `op`: nothing was accepted. Keeps
+    /// the client library's error as the source.
+    pub fn unavailable(op: &str, cause: impl StdError + Send + Sync + 'static) -> BrokerError {
+        BrokerError::Unavailable(Cause::new(op, cause))
+    }
+
+    /// `op` got no answer from `broker` within `timeout`.
+    pub fn timed_out(broker: &str, op: &str, timeout: std::time::Duration) -> BrokerError {
+        BrokerError::Unavailable(format!("{op}: no answer from {broker} within {timeout:?}").into())
+    }
+
     /// True when the same call may succeed later (after a reconnect).
     pub fn is_retryable(&self) -> bool {
         matches!(self, BrokerError::Unavailable(_))
