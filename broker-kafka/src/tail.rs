@@ -122,6 +122,9 @@ pub(crate) struct Tail {
     ring: VecDeque<(i64, RoomMessage)>,
     cap: usize,
     dedupe: Dedupe,
+    /// How often the partition was read again from `next` for a record
+    /// missing from a fetch (see `link::skip_gap`).
+    pub(crate) gap_tries: u32,
 }
 
 impl Tail {
@@ -135,6 +138,7 @@ impl Tail {
             ring: VecDeque::new(),
             cap,
             dedupe: Dedupe::new(window_ms),
+            gap_tries: 0,
         }
     }
 
