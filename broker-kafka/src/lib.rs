@@ -20,8 +20,7 @@
 //!
 //! | topic | partitions | key | records |
 //! |---|---|---|---|
-//! | `<ns>.rooms` | `broker.kafka.room_partitions` (16) | room | stored room messages: live delivery, history, recovery, dedupe |
-//! | `<ns>.signals` | the same as rooms, same partition per room | room | typing and read signals |
+//! | `<ns>.rooms` | `broker.kafka.room_partitions` (16) | room | everything said in a room, in one order: stored messages (live delivery, history, recovery, dedupe), presence changes, typing and read signals |
 //! | `<ns>.users` | `broker.kafka.user_partitions` (16) | user | directs (to the recipient's key and a copy to the sender's) and device takeovers |
 //! | `<ns>.control` | 1 | node | presence joins and leaves, heartbeats with the node's record and entries |
 //! | `<ns>.meta` | 1 | `epoch` | the history epoch (its first record) |
@@ -37,7 +36,7 @@
 //!
 //! # Interest routing is per partition
 //! One consumer per node, with partitions assigned by hand (no consumer
-//! group, no rebalancing): a node reads a partition of `rooms`/`signals`
+//! group, no rebalancing): a node reads a partition of `rooms`
 //! while it has a local member of a room in it, a partition of `users` while
 //! it has a local connection of a user in it, and `control` always. Records
 //! of other rooms and users of those partitions are read and dropped before
@@ -69,13 +68,21 @@
 //!   new epoch, so old positions answer `recovered: false`, never a gap.
 //! - **Presence and nodes** (see the `book` module): every node reads
 //!   `control` and derives presence from it in log order, so of two nodes
-//!   joining one user at once one join is seen. A node's entries expire when
-//!   its newest record is older than the presence TTL; each node delivers the
-//!   leaves to its own members. A node starting reads `control` from the first
+//!   joining one user at once one join is seen; the node whose join or leave
+//!   made the change announces it in the room's partition, so it reaches the
+//!   room's members in order with the room's messages. A node's entries expire
+//!   when its newest record is older than the presence TTL (its writer's clock
+//!   against the reader's: clocks must agree to well within the TTL); each
+//!   node delivers those leaves to its own members. Every node keeps the
+//!   namespace's presence entries in memory, as a Redis server would. A node starting reads `control` from the first
 //!   record at most two TTLs old (found by binary search on record times) or
 //!   from the start when it is short.
-//! - **Signals, takeovers, presence changes**: at most once; a node that
-//!   starts reading a partition reads it from its end.
+//! - **Signals, takeovers, presence changes**: records of the rooms and users
+//!   topics, delivered at most once: a node that starts reading a partition
+//!   delivers from its end (the backfill before it is not delivered).
+//! - **Contiguous offsets**: a record that arrives after a hole in the
+//!   partition's offsets (tansu 0.6.0 under concurrent produce leaves records
+//!   out of fetch answers) sends the consumer back to the missing offset.
 //!
 //! # Faults
 //! See the `link` module: a probe every 500 ms; a failed one drops the

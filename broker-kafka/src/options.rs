@@ -4,8 +4,7 @@
 /// See the field docs; [`KafkaOptions::default`] gives the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaOptions {
-    /// Partitions of `<ns>.rooms` and `<ns>.signals` (`broker.kafka.room_partitions`,
-    /// default 16). A room lives in one partition; a node reads the partitions
+    /// Partitions of `<ns>.rooms` (`broker.kafka.room_partitions`, default 16). A room lives in one partition; a node reads the partitions
     /// of its rooms, so more partitions mean less traffic read for nothing,
     /// and a deeper recovery tail per room.
     pub room_partitions: i32,
