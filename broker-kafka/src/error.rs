@@ -40,14 +40,6 @@ pub(crate) fn bootstrap(urls: &[String]) -> String {
     hosts.join(",")
 }
 
-/// The link failed in `op`: see [`BrokerError::unavailable`].
-pub(crate) fn unavailable(
-    op: &str,
-    cause: impl std::error::Error + Send + Sync + 'static,
-) -> BrokerError {
-    BrokerError::unavailable(op, cause)
-}
-
 /// `op` got no answer within the request timeout.
 pub(crate) fn timed_out(op: &str) -> BrokerError {
     BrokerError::timed_out("Kafka", op, crate::link::REQUEST_TIMEOUT)

@@ -49,7 +49,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::book::Book;
 use crate::context::Quiet;
-use crate::error::{timed_out, unavailable};
+use crate::error::timed_out;
 use crate::names::{partition_of, Names, Role};
 use crate::records::{decode_epoch, encode_epoch, Control, CID_HEADER, USER_HEADER};
 use crate::tail::{Key, Seen, Tail};
@@ -380,11 +380,11 @@ impl Link {
         }
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&topic, p, Offset::Offset(start))
-            .map_err(|e| unavailable("assign", e))?;
+            .map_err(|e| BrokerError::unavailable("assign", e))?;
         session
             .consumer
             .incremental_assign(&list)
-            .map_err(|e| unavailable("assign", e))?;
+            .map_err(|e| BrokerError::unavailable("assign", e))?;
         read.tails
             .insert(part, Tail::new(start, boundary, cap, window));
         drop(read);
@@ -515,7 +515,7 @@ impl Link {
             }
             Ok(Err((e, _))) => {
                 self.suspect.notify_one();
-                Err(unavailable("produce", e))
+                Err(BrokerError::unavailable("produce", e))
             }
             Err(_) => {
                 self.suspect.notify_one();
@@ -795,7 +795,9 @@ impl Link {
     /// Creates the clients, the missing topics, reads the epoch and the
     /// control topic, and assigns every held topic's partitions.
     async fn connect(self: &Arc<Self>) -> Result<Arc<Session>, SetupError> {
-        let fail = |op: &'static str| move |e: KafkaError| SetupError::Down(unavailable(op, e));
+        let fail = |op: &'static str| {
+            move |e: KafkaError| SetupError::Down(BrokerError::unavailable(op, e))
+        };
         let producer: FutureProducer<Quiet> = self
             .client_config()
             .set("acks", "all")
@@ -859,7 +861,7 @@ impl Link {
             let admin: AdminClient<Quiet> = self
                 .client_config()
                 .create_with_context(Quiet)
-                .map_err(|e| SetupError::Down(unavailable("admin", e)))?;
+                .map_err(|e| SetupError::Down(BrokerError::unavailable("admin", e)))?;
             let topics: Vec<NewTopic<'_>> = missing
                 .iter()
                 .map(|(_, name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(replication)))
@@ -870,7 +872,12 @@ impl Link {
                     .await
                 {
                     Ok(Ok(r)) => r,
-                    Ok(Err(e)) => return Err(SetupError::Down(unavailable("create topics", e))),
+                    Ok(Err(e)) => {
+                        return Err(SetupError::Down(BrokerError::unavailable(
+                            "create topics",
+                            e,
+                        )))
+                    }
                     Err(_) => return Err(SetupError::Down(timed_out("create topics"))),
                 };
             for result in results {
@@ -1179,7 +1186,7 @@ async fn metadata(
     tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout))
         .await
         .map_err(|e| BrokerError::Unavailable(format!("metadata: {e}").into()))?
-        .map_err(|e| unavailable("metadata", e))
+        .map_err(|e| BrokerError::unavailable("metadata", e))
 }
 
 /// A partition's low and high watermarks.
@@ -1195,7 +1202,7 @@ async fn watermarks(
     })
     .await
     .map_err(|e| BrokerError::Unavailable(format!("watermarks: {e}").into()))?
-    .map_err(|e| unavailable("watermarks", e))
+    .map_err(|e| BrokerError::unavailable("watermarks", e))
 }
 
 /// The first offset in `[low, high)` of the one-partition `topic` whose

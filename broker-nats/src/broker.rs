@@ -18,9 +18,7 @@ use chatmesh_broker::{
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::error::{
-    check_url, protocol, timed_out, unavailable, NatsConfigError, BROKER, URL_FORMS,
-};
+use crate::error::{check_url, protocol, timed_out, NatsConfigError, BROKER, URL_FORMS};
 use crate::history;
 use crate::link::{self, Link, Session, REQUEST_TIMEOUT};
 use crate::presence;
@@ -211,7 +209,7 @@ impl PubSub for NatsBroker {
         let send = js.publish_with_headers(subject, headers, bytes.into());
         let ack_future = match tokio::time::timeout(REQUEST_TIMEOUT, send).await {
             Ok(Ok(f)) => f,
-            Ok(Err(e)) => return Err(unavailable("publish", e)),
+            Ok(Err(e)) => return Err(BrokerError::unavailable("publish", e)),
             Err(_) => return Err(timed_out("publish")),
         };
         let ack = match tokio::time::timeout(REQUEST_TIMEOUT, ack_future.into_future()).await {
@@ -219,7 +217,7 @@ impl PubSub for NatsBroker {
             Ok(Err(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                 return Err(BrokerError::Invalid(e.to_string().into()))
             }
-            Ok(Err(e)) => return Err(unavailable("publish", e)),
+            Ok(Err(e)) => return Err(BrokerError::unavailable("publish", e)),
             Err(_) => return Err(timed_out("publish")),
         };
         if ack.stream != link.names.rooms_stream() {
@@ -267,7 +265,7 @@ impl PubSub for NatsBroker {
                         }
                         // Expired between the two calls: try again.
                     }
-                    Ok(Err(e)) => return Err(unavailable("publish_direct", e)),
+                    Ok(Err(e)) => return Err(BrokerError::unavailable("publish_direct", e)),
                     Err(_) => return Err(timed_out("publish_direct")),
                 }
             }

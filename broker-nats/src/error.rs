@@ -39,14 +39,6 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The link failed in `op`: see [`BrokerError::unavailable`].
-pub(crate) fn unavailable(
-    op: &str,
-    cause: impl std::error::Error + Send + Sync + 'static,
-) -> BrokerError {
-    BrokerError::unavailable(op, cause)
-}
-
 /// `op` got no answer within the request timeout.
 pub(crate) fn timed_out(op: &str) -> BrokerError {
     BrokerError::timed_out("NATS", op, crate::link::REQUEST_TIMEOUT)

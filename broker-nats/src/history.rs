@@ -22,7 +22,7 @@ use chatmesh_broker::{codec, BrokerError, Envelope, History, HistoryQuery, Pos, 
 use futures_util::StreamExt;
 use tracing::warn;
 
-use crate::error::{timed_out, unavailable};
+use crate::error::timed_out;
 use crate::link::{Link, Session, REQUEST_TIMEOUT};
 
 /// The newest sequence of a room, `None` for a room without history.
@@ -42,7 +42,7 @@ pub(crate) async fn latest_seq(
         return match tokio::time::timeout(REQUEST_TIMEOUT, get).await {
             Ok(Ok(msg)) => Ok(Some(msg.sequence)),
             Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Ok(Err(e)) => Err(unavailable("history", e)),
+            Ok(Err(e)) => Err(BrokerError::unavailable("history", e)),
             Err(_) => Err(timed_out("history")),
         };
     }
@@ -50,7 +50,7 @@ pub(crate) async fn latest_seq(
     match tokio::time::timeout(REQUEST_TIMEOUT, get).await {
         Ok(Ok(msg)) => Ok(Some(msg.sequence)),
         Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-        Ok(Err(e)) => Err(unavailable("history", e)),
+        Ok(Err(e)) => Err(BrokerError::unavailable("history", e)),
         Err(_) => Err(timed_out("history")),
     }
 }
@@ -75,7 +75,7 @@ pub(crate) async fn message_at(
             }
         }
         Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-        Ok(Err(e)) => Err(unavailable("history", e)),
+        Ok(Err(e)) => Err(BrokerError::unavailable("history", e)),
         Err(_) => Err(timed_out("history")),
     }
 }
@@ -114,7 +114,7 @@ async fn read_range(
     loop {
         let next = match tokio::time::timeout(REQUEST_TIMEOUT, messages.next()).await {
             Ok(Some(Ok(m))) => m,
-            Ok(Some(Err(e))) => return Err(unavailable("history", e)),
+            Ok(Some(Err(e))) => return Err(BrokerError::unavailable("history", e)),
             Ok(None) => {
                 return Err(BrokerError::Unavailable(
                     "history: the history read ended early".into(),

@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::error::{timed_out, unavailable};
+use crate::error::timed_out;
 use crate::names::{Carries, Names};
 use crate::records::epoch_of;
 use crate::{NatsOptions, Storage};
@@ -208,7 +208,7 @@ impl Link {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 debug!(op, cause = %e, "nats request failed");
-                Err(unavailable(op, e))
+                Err(BrokerError::unavailable(op, e))
             }
             Err(_) => {
                 debug!(op, "nats request timed out");
@@ -295,7 +295,7 @@ impl Link {
         match tokio::time::timeout(REQUEST_TIMEOUT, ack.into_future()).await {
             Err(_) => Err(timed_out("probe")),
             Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(()),
-            Ok(Err(e)) => Err(unavailable("probe", e)),
+            Ok(Err(e)) => Err(BrokerError::unavailable("probe", e)),
             Ok(Ok(ack)) => {
                 // Cannot happen with a server that checks the header; the probe
                 // subject is bounded by the per-subject limit all the same.
@@ -312,7 +312,7 @@ impl Link {
         match tokio::time::timeout(REQUEST_TIMEOUT, ping).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-            Ok(Err(e)) => Err(unavailable("round trip", e)),
+            Ok(Err(e)) => Err(BrokerError::unavailable("round trip", e)),
             Err(_) => Err(timed_out("round trip")),
         }
     }

@@ -27,7 +27,7 @@ use chatmesh_broker::{codec, BrokerError, Envelope, NodeInfo, PresenceChange};
 use futures_util::TryStreamExt;
 use tracing::{debug, warn};
 
-use crate::error::{timed_out, unavailable};
+use crate::error::timed_out;
 use crate::link::{Link, Session, REQUEST_TIMEOUT};
 use crate::names::{escape, unescape};
 use crate::records::{
@@ -89,7 +89,7 @@ pub(crate) async fn update_room(
             {
                 Ok(Ok(_)) => Ok(true),
                 Ok(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
-                Ok(Err(e)) => Err(unavailable("presence", e)),
+                Ok(Err(e)) => Err(BrokerError::unavailable("presence", e)),
                 Err(_) => Err(timed_out("presence")),
             },
             Some(rev) => {
@@ -98,7 +98,7 @@ pub(crate) async fn update_room(
                 {
                     Ok(Ok(_)) => Ok(true),
                     Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
-                    Ok(Err(e)) => Err(unavailable("presence", e)),
+                    Ok(Err(e)) => Err(BrokerError::unavailable("presence", e)),
                     Err(_) => Err(timed_out("presence")),
                 }
             }
@@ -178,7 +178,7 @@ pub(crate) async fn ensure_node(
     {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => Ok(()),
-        Ok(Err(e)) => Err(unavailable("presence", e)),
+        Ok(Err(e)) => Err(BrokerError::unavailable("presence", e)),
         Err(_) => {
             debug!(node, "node record create timed out");
             Err(timed_out("presence"))
