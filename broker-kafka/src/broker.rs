@@ -248,16 +248,23 @@ impl PubSub for KafkaBroker {
 #[async_trait]
 impl Presence for KafkaBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
+        let session = self.link.session()?;
         let record = Control::Join {
             node: node.into(),
             room: room.into(),
             user: user.into(),
         };
+        // Enqueued under the presence lock (so this node's control records
+        // keep its order), waited for after it: joins do not queue behind
+        // each other's round trips.
         self.presence
-            .join(room, user, node, |_| async {
-                let session = self.link.session()?;
-                self.link.control(&session, &record).await
-            })
+            .join_queued(
+                room,
+                user,
+                node,
+                |_| self.link.enqueue_control(&session, &record),
+                |queued| self.link.settle_control(&session, queued),
+            )
             .await
     }
 
@@ -270,10 +277,16 @@ impl Presence for KafkaBroker {
         // Gone locally whatever Kafka says: the next heartbeat's entries
         // replace this node's, which removes it if this write fails.
         self.presence
-            .leave(room, user, node, async {
-                let session = self.link.session()?;
-                self.link.control(&session, &record).await
-            })
+            .leave_queued(
+                room,
+                user,
+                node,
+                || self.link.enqueue_control(&*self.link.session()?, &record),
+                |queued| async {
+                    let session = self.link.session()?;
+                    self.link.settle_control(&session, queued).await
+                },
+            )
             .await
     }
 
@@ -283,12 +296,18 @@ impl Presence for KafkaBroker {
     }
 
     async fn heartbeat(&self, info: &NodeInfo) -> Result<(), BrokerError> {
-        // Under the presence lock, so a join or leave is never undone by an
-        // older copy of the entries.
-        let local = self.presence.lock().await;
         let session = self.link.session()?;
-        for record in beats(info, &local) {
-            self.link.write_control(&session, &record).await?;
+        // Enqueued under the presence lock, so a join or leave is never
+        // undone by an older copy of the entries; confirmed after it.
+        let queued: Vec<_> = {
+            let local = self.presence.lock().await;
+            beats(info, &local)
+                .iter()
+                .map(|record| self.link.enqueue_control(&session, record))
+                .collect::<Result<_, _>>()?
+        };
+        for q in queued {
+            self.link.confirm(q).await?;
         }
         Ok(())
     }

@@ -40,7 +40,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, OwnedHeaders};
 use rdkafka::metadata::Metadata;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch, Notify};
@@ -478,6 +478,21 @@ impl Link {
         payload: &[u8],
         dedupe: Option<(&str, &str)>,
     ) -> Result<i64, BrokerError> {
+        let queued = self.enqueue(session, part, key, payload, dedupe)?;
+        self.confirm(queued).await
+    }
+
+    /// Hands one record to the producer without waiting: records enqueued
+    /// one after the other are stored in that order (idempotent producer).
+    /// [`Link::confirm`] waits for the acknowledgement.
+    pub(crate) fn enqueue(
+        &self,
+        session: &Session,
+        part: Part,
+        key: &str,
+        payload: &[u8],
+        dedupe: Option<(&str, &str)>,
+    ) -> Result<DeliveryFuture, BrokerError> {
         if payload.len() > MAX_RECORD {
             return Err(BrokerError::Invalid(
                 format!(
@@ -505,18 +520,30 @@ impl Link {
                 });
             record = record.headers(headers);
         }
-        let send = session.producer.send(record, REQUEST_TIMEOUT);
-        match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), send).await {
-            Ok(Ok(delivery)) => Ok(delivery.offset),
-            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))) => {
-                Err(BrokerError::Invalid(
-                    "the record is larger than Kafka accepts".into(),
-                ))
-            }
-            Ok(Err((e, _))) => {
+        session.producer.send_result(record).map_err(|(e, _)| {
+            self.suspect.notify_one();
+            BrokerError::unavailable("produce", e)
+        })
+    }
+
+    /// The offset of an enqueued record once Kafka acknowledged it.
+    pub(crate) async fn confirm(&self, queued: DeliveryFuture) -> Result<i64, BrokerError> {
+        // librdkafka fails the record after `message.timeout.ms` (REQUEST_TIMEOUT).
+        match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), queued).await {
+            Ok(Ok(Ok(delivery))) => Ok(delivery.offset),
+            Ok(Ok(Err((
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                _,
+            )))) => Err(BrokerError::Invalid(
+                "the record is larger than Kafka accepts".into(),
+            )),
+            Ok(Ok(Err((e, _)))) => {
                 self.suspect.notify_one();
                 Err(BrokerError::unavailable("produce", e))
             }
+            Ok(Err(_)) => Err(BrokerError::Unavailable(
+                "produce: the producer was dropped (the link went down)".into(),
+            )),
             Err(_) => {
                 self.suspect.notify_one();
                 Err(timed_out("produce"))
@@ -524,16 +551,16 @@ impl Link {
         }
     }
 
-    /// Writes a join or leave to the control topic, waits until this node's
-    /// reader has applied it (so presence answers include it), and announces
-    /// the change it caused, if any, in the room's partition: after whatever
-    /// the room stored before, in the one order every node reads.
-    pub(crate) async fn control(
+    /// Waits until an enqueued join or leave is stored and this node's reader
+    /// has applied it (so presence answers include it), and announces the
+    /// change it caused, if any, in the room's partition: after whatever the
+    /// room stored before, in the one order every node reads.
+    pub(crate) async fn settle_control(
         &self,
         session: &Session,
-        record: &Control,
+        queued: DeliveryFuture,
     ) -> Result<(), BrokerError> {
-        let offset = self.write_control(session, record).await?;
+        let offset = self.confirm(queued).await?;
         let part = (Role::Control, 0);
         let changes = self
             .wait_for(session, "presence", |r| {
@@ -557,25 +584,25 @@ impl Link {
         Ok(())
     }
 
-    /// Writes one control record; its offset.
-    pub(crate) async fn write_control(
+    /// Hands one control record to the producer (in order with this node's
+    /// other control records); [`Link::confirm`] waits for it.
+    pub(crate) fn enqueue_control(
         &self,
         session: &Session,
         record: &Control,
-    ) -> Result<i64, BrokerError> {
+    ) -> Result<DeliveryFuture, BrokerError> {
         self.own
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(record.node().to_owned());
         let payload = record.encode();
-        self.produce(
+        self.enqueue(
             session,
             (Role::Control, 0),
             record.node(),
             payload.as_bytes(),
             None,
         )
-        .await
     }
 
     /// Presence read after everything written to the control topic so far.

@@ -78,6 +78,76 @@ impl LocalPresence {
     }
 }
 
+impl LocalPresence {
+    /// [`LocalPresence::join`] for a broker whose write has two parts:
+    /// `enqueue` runs with the lock held and must only hand the write to a
+    /// queue that keeps its order (so joins, leaves and heartbeats reach the
+    /// broker in the order they held the lock); `settle` waits for it after
+    /// the lock is released, so joins do not wait for each other's round
+    /// trips. A failure of either takes a new entry back (a heartbeat in
+    /// between may have sent it; the next one repairs that).
+    pub async fn join_queued<Q, E, S, F>(
+        &self,
+        room: &str,
+        user: &str,
+        node: &str,
+        enqueue: E,
+        settle: S,
+    ) -> Result<(), BrokerError>
+    where
+        E: FnOnce(&Rooms) -> Result<Q, BrokerError>,
+        S: FnOnce(Q) -> F,
+        F: Future<Output = Result<(), BrokerError>>,
+    {
+        let entry = (user.to_owned(), node.to_owned());
+        let (fresh, queued) = {
+            let mut rooms = self.rooms.lock().await;
+            let fresh = rooms
+                .entry(room.to_owned())
+                .or_default()
+                .insert(entry.clone());
+            match enqueue(&rooms) {
+                Ok(q) => (fresh, q),
+                Err(e) => {
+                    if fresh {
+                        remove(&mut rooms, room, &entry);
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let result = settle(queued).await;
+        if result.is_err() && fresh {
+            remove(&mut *self.rooms.lock().await, room, &entry);
+        }
+        result
+    }
+
+    /// [`LocalPresence::leave`] in the two parts of
+    /// [`LocalPresence::join_queued`]: the entry goes and `enqueue` runs under
+    /// the lock, `settle` after it.
+    pub async fn leave_queued<Q, E, S, F>(
+        &self,
+        room: &str,
+        user: &str,
+        node: &str,
+        enqueue: E,
+        settle: S,
+    ) -> Result<(), BrokerError>
+    where
+        E: FnOnce() -> Result<Q, BrokerError>,
+        S: FnOnce(Q) -> F,
+        F: Future<Output = Result<(), BrokerError>>,
+    {
+        let queued = {
+            let mut rooms = self.rooms.lock().await;
+            remove(&mut rooms, room, &(user.to_owned(), node.to_owned()));
+            enqueue()?
+        };
+        settle(queued).await
+    }
+}
+
 fn remove(rooms: &mut Rooms, room: &str, entry: &(String, String)) {
     if let Some(set) = rooms.get_mut(room) {
         set.remove(entry);
@@ -121,6 +191,49 @@ mod tests {
             Entries::from([("alice".into(), "n1".into())]),
             "bob's refused join is gone; alice's older entry stays"
         );
+    }
+
+    #[tokio::test]
+    async fn a_queued_join_that_fails_to_settle_is_taken_back_without_holding_the_lock() {
+        let p = LocalPresence::default();
+        p.join_queued("r", "alice", "n1", |_| Ok(()), |()| async { Ok(()) })
+            .await
+            .expect("join");
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let bobs = p.join_queued(
+            "r",
+            "bob",
+            "n1",
+            |rooms| Ok(rooms.get("r").map_or(0, |e| e.len())),
+            |seen| async move {
+                assert_eq!(seen, 2, "enqueue sees the new entry");
+                let _ = wait.await;
+                refused()
+            },
+        );
+        // The settle waits for a heartbeat that needs the lock: it must be free.
+        let heartbeat = async {
+            let n = p.lock().await.get("r").map_or(0, |e| e.len());
+            let _ = go.send(());
+            n
+        };
+        let both = async { tokio::join!(bobs, heartbeat) };
+        let (result, during) = tokio::time::timeout(std::time::Duration::from_secs(5), both)
+            .await
+            .expect("the lock is not held while a join settles");
+        assert!(result.is_err());
+        assert_eq!(during, 2, "a heartbeat meanwhile sees (and sends) bob's entry");
+        let rooms = p.lock().await.clone();
+        assert_eq!(
+            rooms.get("r").cloned().unwrap_or_default(),
+            Entries::from([("alice".into(), "n1".into())]),
+            "bob's join that failed to settle is gone"
+        );
+        assert!(p
+            .leave_queued("r", "alice", "n1", || Ok(()), |()| async { refused() })
+            .await
+            .is_err());
+        assert!(p.lock().await.is_empty());
     }
 
     #[tokio::test]
