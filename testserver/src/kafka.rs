@@ -90,6 +90,7 @@ fn spec(program: &Path, dir: &Path, port: u16) -> Spec {
             "--storage-engine".into(),
             "memory://tansu/".into(),
         ],
+        env: Vec::new(),
         ports: vec![port],
         data: dir.join(format!("data-{port}")),
         wipe_data: true,

@@ -9,11 +9,13 @@
 //! - [`redis`]: `redis-server`, one server or a three-master Redis Cluster.
 //! - [`nats`]: `nats-server` with JetStream, one server or three routed servers.
 //! - [`kafka`]: tansu, a Kafka-protocol broker, for the Kafka broker to come.
+//! - [`rabbitmq`]: `rabbitmq-server` 3.10, a private node with its own epmd,
+//!   whose durable queues and streams survive a restart.
 //! - [`ports`]: free loopback ports.
 //! - [`http`]: a plain-socket HTTP GET for monitoring endpoints.
 //!
-//! A broker module only says its command line and its readiness check; a new
-//! broker (Kafka, RabbitMQ) adds one module. A missing server binary is a
+//! A broker module only says its command line (and environment) and its
+//! readiness check; a new broker adds one module. A missing server binary is a
 //! [`NotInstalled`] error that says how to install it, never a skip.
 
 pub mod http;
@@ -21,6 +23,7 @@ pub mod kafka;
 pub mod nats;
 pub mod ports;
 pub mod process;
+pub mod rabbitmq;
 pub mod redis;
 
 pub use process::NotInstalled;

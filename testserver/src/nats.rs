@@ -159,6 +159,7 @@ impl Server<'_> {
             program: self.bin.to_path_buf(),
             install: INSTALL.into(),
             args,
+            env: Vec::new(),
             ports: vec![self.port, self.monitor],
             data: store,
             wipe_data: false,

@@ -4,7 +4,7 @@
 //! server binds it; [`crate::process::start_fresh`] retries the start on new
 //! ports when that race is lost.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> std::io::Result<u16> {
@@ -20,4 +20,23 @@ pub fn free_port_below(max: u16) -> std::io::Result<u16> {
         }
     }
     Err(std::io::Error::other(format!("no free port below {max}")))
+}
+
+/// A free port `p` with `p + offset` free too, for a server that also binds
+/// the port `offset` above its own (RabbitMQ's distribution port is `p + 20000`).
+pub fn free_port_with_offset(offset: u16) -> std::io::Result<u16> {
+    for _ in 0..200 {
+        let p = free_port_below(u16::MAX - offset)?;
+        if TcpListener::bind(("127.0.0.1", p + offset)).is_ok() {
+            return Ok(p);
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "no free port with port + {offset} free"
+    )))
+}
+
+/// Whether something accepts TCP connections on loopback `port`.
+pub fn accepts(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
 }

@@ -1,5 +1,6 @@
 //! The process core shared by every broker module: one server process from a
-//! [`Spec`] (its command line, data dir, log file and readiness check).
+//! [`Spec`] (its command line and environment, data dir, log file and
+//! readiness check).
 //!
 //! [`Process`] spawns the program with stdout and stderr appended to its log
 //! file, waits until its readiness check passes (or it exits, or a timeout
@@ -50,6 +51,8 @@ pub struct Spec {
     /// How to install `program` (see [`NotInstalled::new`]).
     pub install: String,
     pub args: Vec<OsString>,
+    /// Environment variables set for the program, on top of the inherited ones.
+    pub env: Vec<(OsString, OsString)>,
     /// The ports the command line uses; the first is the client port.
     pub ports: Vec<u16>,
     /// The server's data dir, created before every start.
@@ -93,6 +96,7 @@ impl Process {
         let (out, err) = self.log_files()?;
         let child = Command::new(&self.spec.program)
             .args(&self.spec.args)
+            .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -297,6 +301,7 @@ mod tests {
             program: program.into(),
             install: "`apt-get install -y it`".into(),
             args: args.iter().map(Into::into).collect(),
+            env: Vec::new(),
             ports: vec![1],
             data: dir.join("data"),
             wipe_data: true,

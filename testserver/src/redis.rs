@@ -85,6 +85,7 @@ fn spec(dir: &Path, port: u16, extra: &[String]) -> Spec {
         program: "redis-server".into(),
         install: INSTALL.into(),
         args,
+        env: Vec::new(),
         ports: vec![port],
         data,
         wipe_data: true,

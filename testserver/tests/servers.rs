@@ -1,8 +1,13 @@
 //! The servers of `chatmesh-testserver` against the real binaries: each starts,
 //! answers, and comes back on the same port(s) after a kill.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
 use chatmesh_testserver::kafka::TansuServer;
 use chatmesh_testserver::nats::{NatsCluster, NatsServer};
+use chatmesh_testserver::rabbitmq::RabbitServer;
 use chatmesh_testserver::redis::{RedisCluster, RedisServer};
 
 #[test]
@@ -51,4 +56,47 @@ fn tansu_restarts_on_the_same_port() {
     t.restart().expect("restart");
     assert_eq!(t.bootstrap(), bootstrap);
     assert_ne!(t.pid(), pid, "a new process");
+}
+
+/// Whether an AMQP 0-9-1 server on `port` answers the protocol header with a
+/// Connection.Start: a METHOD frame (type 1) on channel 0 whose payload starts
+/// with class 10, method 10.
+fn answers_amqp(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    // frame type (1), channel (2), size (4), then class and method ids (2 + 2).
+    let mut head = [0u8; 11];
+    let answered = s
+        .write_all(b"AMQP\x00\x00\x09\x01")
+        .and_then(|()| s.read_exact(&mut head));
+    answered.is_ok() && head[0] == 1 && head[1..3] == [0, 0] && head[7..11] == [0, 10, 0, 10]
+}
+
+#[test]
+fn rabbitmq_restarts_on_the_same_port_with_its_data() {
+    let mut r = RabbitServer::start().expect("rabbitmq-server starts");
+    let port = r.port();
+    assert_eq!(r.url(), format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
+    let pid = r.pid().expect("a pid");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("/proc/<pid>/exe");
+    assert!(exe.ends_with("beam.smp"), "the PID held is the VM: {exe:?}");
+    assert!(answers_amqp(port), "Connection.Start on :{port}");
+    r.rabbitmqctl(&["add_vhost", "kept"]).expect("add_vhost");
+
+    r.kill();
+    assert!(r.pid().is_none());
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "closed");
+
+    r.restart().expect("restart");
+    assert_eq!(r.port(), port);
+    assert!(answers_amqp(port), "Connection.Start after the restart");
+    let status = r.rabbitmqctl(&["status"]).expect("status");
+    assert!(status.contains("RabbitMQ version: 3.10"), "{status}");
+    let vhosts = r.rabbitmqctl(&["list_vhosts", "-q"]).expect("list_vhosts");
+    assert!(
+        vhosts.lines().any(|l| l == "kept"),
+        "same data dir: {vhosts}"
+    );
 }
