@@ -89,9 +89,11 @@ impl Node {
             ("RABBITMQ_LOG_BASE".into(), d("log")),
             ("RABBITMQ_ENABLED_PLUGINS_FILE".into(), d("enabled_plugins")),
             ("RABBITMQ_ALLOW_INPUT".into(), "true".into()),
+            // `-noinput`: see the module docs. The distribution port
+            // (AMQP port + 20000) listens on all interfaces unless told.
             (
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS".into(),
-                "-noinput".into(),
+                "-noinput -kernel inet_dist_use_interface {127,0,0,1}".into(),
             ),
         ]);
         env

@@ -222,7 +222,10 @@ mod tests {
             .await
             .expect("the lock is not held while a join settles");
         assert!(result.is_err());
-        assert_eq!(during, 2, "a heartbeat meanwhile sees (and sends) bob's entry");
+        assert_eq!(
+            during, 2,
+            "a heartbeat meanwhile sees (and sends) bob's entry"
+        );
         let rooms = p.lock().await.clone();
         assert_eq!(
             rooms.get("r").cloned().unwrap_or_default(),
