@@ -1,10 +1,9 @@
 //! [`KafkaBroker`]: the [`Broker`] trait on Kafka.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chatmesh_broker::support::{self, shell::event_channel, Entries, LocalPresence, Shell};
+use chatmesh_broker::support::{self, shell::event_channel, LocalPresence, Shell};
 use chatmesh_broker::{
     codec, Broker, BrokerError, BrokerEvent, BrokerSettings, Capabilities, DedupeKey,
     DirectMessage, Envelope, History, HistoryLife, HistoryQuery, NodeInfo, Pos, Presence, PubSub,
@@ -15,12 +14,9 @@ use tokio::sync::mpsc;
 use crate::error::{bootstrap, check_url, KafkaConfigError, BROKER, URL_FORMS};
 use crate::link::{self, Link, Part, Session};
 use crate::names::{Names, Role};
-use crate::records::Control;
-use crate::tail::Key;
 use crate::KafkaOptions;
-
-/// Entries per heartbeat record: a record stays far below Kafka's 1 MB limit.
-const BEAT_ENTRIES: usize = 2000;
+use chatmesh_broker::support::stream::Key;
+use chatmesh_broker::support::stream::{beats, Control};
 
 /// A node's Kafka broker. See the crate docs for topics and guarantees.
 pub struct KafkaBroker {
@@ -318,40 +314,6 @@ impl Presence for KafkaBroker {
     }
 }
 
-/// The heartbeat records of this broker's entries: for each node id with
-/// entries (normally only `info.id`), its entries in parts of
-/// [`BEAT_ENTRIES`]; `info` rides on the first part of its own node.
-fn beats(info: &NodeInfo, local: &BTreeMap<String, Entries>) -> Vec<Control> {
-    let mut by_node: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
-    by_node.entry(info.id.as_str()).or_default();
-    for (room, entries) in local {
-        for (user, node) in entries {
-            by_node
-                .entry(node.as_str())
-                .or_default()
-                .push((room.clone(), user.clone()));
-        }
-    }
-    let mut out = Vec::new();
-    for (node, entries) in by_node {
-        let chunks: Vec<&[(String, String)]> = if entries.is_empty() {
-            vec![&[]]
-        } else {
-            entries.chunks(BEAT_ENTRIES).collect()
-        };
-        let n = chunks.len();
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            out.push(Control::Beat {
-                node: node.to_owned(),
-                info: (i == 0 && node == info.id).then(|| info.clone()),
-                last: i + 1 == n,
-                entries: chunk.to_vec(),
-            });
-        }
-    }
-    out
-}
-
 #[async_trait]
 impl Broker for KafkaBroker {
     fn kind(&self) -> &'static str {
@@ -376,56 +338,5 @@ impl Broker for KafkaBroker {
     async fn close(&self) {
         self.link.close().await;
         self.shell.stop().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn heartbeats_split_large_entry_sets_and_carry_the_info_once() {
-        let info = NodeInfo {
-            id: "n1".into(),
-            ..NodeInfo::default()
-        };
-        let mut local: BTreeMap<String, Entries> = BTreeMap::new();
-        for i in 0..(BEAT_ENTRIES + 1) {
-            local
-                .entry(format!("r{i}"))
-                .or_default()
-                .insert(("u".into(), "n1".into()));
-        }
-        local
-            .entry("x".into())
-            .or_default()
-            .insert(("v".into(), "n2".into()));
-        let beats = beats(&info, &local);
-        let shape: Vec<(String, bool, bool, usize)> = beats
-            .iter()
-            .map(|b| match b {
-                Control::Beat {
-                    node,
-                    info,
-                    last,
-                    entries,
-                } => (node.clone(), info.is_some(), *last, entries.len()),
-                _ => unreachable!(),
-            })
-            .collect();
-        assert_eq!(
-            shape,
-            [
-                ("n1".into(), true, false, BEAT_ENTRIES),
-                ("n1".into(), false, true, 1),
-                ("n2".into(), false, true, 1)
-            ]
-        );
-        let empty = beats_of_nobody(&info);
-        assert_eq!(empty.len(), 1, "a node without entries still heartbeats");
-    }
-
-    fn beats_of_nobody(info: &NodeInfo) -> Vec<Control> {
-        beats(info, &BTreeMap::new())
     }
 }

@@ -55,7 +55,7 @@
 //!   duplicate that no node delivers or keeps in history, and its publisher
 //!   waits until it has read its own record, then answers with the first
 //!   record's id and position. Directs likewise, keyed by recipient.
-//! - **History and recovery from the log** (see the `tail` module): a node
+//! - **History and recovery from the log** (see [`chatmesh_broker::support::stream::tail`]): a node
 //!   keeps the newest `broker.kafka.tail_records` room messages of each
 //!   partition it reads, read from Kafka when it starts reading it; `history`
 //!   and `since` are answered from there, so the work of one request is at
@@ -66,7 +66,7 @@
 //!   that finds the topic empty. A Kafka that lost its topics (tansu with
 //!   memory storage after a restart) is empty again: the next node writes a
 //!   new epoch, so old positions answer `recovered: false`, never a gap.
-//! - **Presence and nodes** (see the `book` module): every node reads
+//! - **Presence and nodes** (see [`chatmesh_broker::support::stream::book`]): every node reads
 //!   `control` and derives presence from it in log order, so of two nodes
 //!   joining one user at once one join is seen; the node whose join or leave
 //!   made the change announces it in the room's partition, so it reaches the
@@ -93,22 +93,16 @@
 //! - [`broker`]: [`KafkaBroker`] and the [`Broker`](chatmesh_broker::Broker) impl.
 //! - [`options`]: [`KafkaOptions`] (`broker.kafka.*`).
 //! - `link`: clients, topics, assignment, the reader, probing, reconnects.
-//! - `tail`: what a node keeps of a partition: history, recovery, dedupe.
-//! - `book`: presence and nodes derived from the control topic.
 //! - `names`: topic names and partitioning.
-//! - `records`: control and meta payloads, dedupe headers.
 //! - `context`: librdkafka's log lines, through `tracing`.
 //! - [`error`]: [`KafkaConfigError`] and error mapping.
 
-pub(crate) mod book;
 pub mod broker;
 pub(crate) mod context;
 pub mod error;
 pub(crate) mod link;
 pub(crate) mod names;
 pub mod options;
-pub(crate) mod records;
-pub(crate) mod tail;
 
 pub use broker::KafkaBroker;
 pub use error::KafkaConfigError;

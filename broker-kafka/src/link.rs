@@ -47,13 +47,13 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::book::Book;
 use crate::context::Quiet;
 use crate::error::timed_out;
 use crate::names::{partition_of, Names, Role};
-use crate::records::{decode_epoch, encode_epoch, Control, CID_HEADER, USER_HEADER};
-use crate::tail::{Key, Seen, Tail};
 use crate::KafkaOptions;
+use chatmesh_broker::support::stream::{
+    decode_epoch, encode_epoch, Book, Control, Key, Seen, Tail, CID_HEADER, USER_HEADER,
+};
 
 /// How long one request (a produce, a metadata or watermark request, reading
 /// a tail up to date) may take before it fails with `Unavailable`.

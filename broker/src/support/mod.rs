@@ -10,12 +10,16 @@
 //! - [`names`]: [`NameCodec`], the escaping that keeps every room, user, node
 //!   and namespace name to one unambiguous token of a key, channel or subject.
 //! - [`config`]: [`ConfigError`] and [`split_urls`], the checks of `broker.url`.
+//! - [`stream`]: what brokers on a partitioned log share (Kafka, RabbitMQ
+//!   streams): the per-partition tail (history, recovery, dedupe by log
+//!   order), presence derived from a control partition, its records.
 
 pub mod config;
 pub mod link;
 pub mod names;
 pub mod presence;
 pub mod shell;
+pub mod stream;
 
 pub use config::{runtime, split_urls, ConfigError};
 pub use link::{Backoff, LinkState};

@@ -1,46 +1,45 @@
-//! [`Tail`]: what a node keeps of one partition it reads — the newest room
-//! messages (for history and recovery), the dedupe keys of the window, and
-//! how far it has read.
+//! [`Tail`]: what a node keeps of one partition (a Kafka partition, a
+//! RabbitMQ stream) it reads — the newest room messages (for history and
+//! recovery), the dedupe keys of the window, and how far it has read.
 //!
-//! Kafka keeps a partition's records but cannot look a room up inside one, so
-//! a node that starts reading a partition reads its newest
-//! [`crate::KafkaOptions::tail_records`] records first (the *backfill*, not
-//! delivered), then every new record. History, recovery and dedupe answers
-//! come from this tail: the work one request causes is a scan of at most
-//! `tail_records` messages in memory, and a `since` older than the tail is
-//! answered `complete: false`, never with a gap.
+//! A log keeps its records but cannot look a room up inside a partition, so a
+//! node that starts reading a partition reads its newest `cap` records first
+//! (the *backfill*, not delivered), then every new record. History, recovery
+//! and dedupe answers come from this tail: the work one request causes is a
+//! scan of at most `cap` messages in memory, and a `since` older than the tail
+//! is answered `complete: false`, never with a gap.
 //!
 //! **Dedupe by log order.** The first record of a `(key, user, cid)` wins;
 //! a later record with the same key whose timestamp is within the dedupe
 //! window of the first is a duplicate, which no node delivers or keeps in
 //! history. Every node reads the same records in the same order with the same
-//! timestamps (Kafka's `CreateTime`), so every node decides alike, and the
+//! timestamps (the records' own, set by their writer), so every node decides alike, and the
 //! publisher of a duplicate answers with the first record's id and position.
 
 use std::collections::{HashMap, VecDeque};
 
-use chatmesh_broker::{History, HistoryQuery, Pos, RoomMessage};
+use crate::{History, HistoryQuery, Pos, RoomMessage};
 
 /// What identifies a retried publish within one partition: the record key
 /// (room or recipient), the user and the `cid`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Key {
-    pub(crate) name: String,
-    pub(crate) user: String,
-    pub(crate) cid: String,
+pub struct Key {
+    pub name: String,
+    pub user: String,
+    pub cid: String,
 }
 
 /// The winning record of a dedupe key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct First {
-    pub(crate) offset: i64,
-    pub(crate) id: String,
+pub struct First {
+    pub offset: i64,
+    pub id: String,
     ts: i64,
 }
 
 /// What [`Tail::record`] made of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Seen {
+pub enum Seen {
     /// New and not a duplicate.
     Fresh,
     /// A later record of a dedupe key within the window.
@@ -111,12 +110,12 @@ impl Dedupe {
 
 /// See the module docs.
 #[derive(Debug)]
-pub(crate) struct Tail {
+pub struct Tail {
     /// The first offset delivered live: the partition's end when the node
     /// started reading it. Records before it are backfill.
-    pub(crate) boundary: i64,
+    pub boundary: i64,
     /// Every record before this offset has been read.
-    pub(crate) next: i64,
+    pub next: i64,
     /// Every message at or after this offset (up to `next`) is in `ring`.
     covered: i64,
     ring: VecDeque<(i64, RoomMessage)>,
@@ -124,13 +123,13 @@ pub(crate) struct Tail {
     dedupe: Dedupe,
     /// How often the partition was read again from `next` for a record
     /// missing from a fetch (see `link::skip_gap`).
-    pub(crate) gap_tries: u32,
+    pub gap_tries: u32,
 }
 
 impl Tail {
     /// A tail that starts reading at `start` and delivers from `boundary`,
     /// keeping at most `cap` messages (0 for partitions without history).
-    pub(crate) fn new(start: i64, boundary: i64, cap: usize, window_ms: i64) -> Self {
+    pub fn new(start: i64, boundary: i64, cap: usize, window_ms: i64) -> Self {
         Self {
             boundary,
             next: start,
@@ -143,13 +142,13 @@ impl Tail {
     }
 
     /// The backfill has been read.
-    pub(crate) fn ready(&self) -> bool {
+    pub fn ready(&self) -> bool {
         self.next >= self.boundary
     }
 
     /// Accounts for the record at `offset`. `message` is kept for history
     /// when it is fresh.
-    pub(crate) fn record(
+    pub fn record(
         &mut self,
         offset: i64,
         ts: i64,
@@ -179,19 +178,13 @@ impl Tail {
 
     /// The winning record of `key`, once the record at `offset` has been read:
     /// the record itself when it won.
-    pub(crate) fn first(&self, key: &Key) -> Option<&First> {
+    pub fn first(&self, key: &Key) -> Option<&First> {
         self.dedupe.firsts.get(key)
     }
 
     /// A room's history from this tail; positions carry `epoch`, and at most
     /// `size` messages are served (`history.size`).
-    pub(crate) fn history(
-        &self,
-        room: &str,
-        query: &HistoryQuery,
-        size: usize,
-        epoch: u64,
-    ) -> History {
+    pub fn history(&self, room: &str, query: &HistoryQuery, size: usize, epoch: u64) -> History {
         let pos = |offset: i64| Pos::new(epoch, offset as u64, 0);
         let of_room = || self.ring.iter().filter(|(_, m)| m.room == room);
         let latest = of_room().next_back().map(|(o, _)| pos(*o));

@@ -16,9 +16,9 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use chatmesh_broker::{NodeInfo, PresenceChange};
+use crate::{NodeInfo, PresenceChange};
 
-use crate::records::Control;
+use super::records::Control;
 
 type Entry = (String, String);
 
@@ -34,7 +34,7 @@ struct NodeState {
 
 /// See the module docs.
 #[derive(Debug, Default)]
-pub(crate) struct Book {
+pub struct Book {
     /// room → user → nodes with an entry.
     rooms: HashMap<String, HashMap<String, BTreeSet<String>>>,
     nodes: HashMap<String, NodeState>,
@@ -42,7 +42,7 @@ pub(crate) struct Book {
 
 impl Book {
     /// Applies one control record written at `ts`; the presence changes it causes.
-    pub(crate) fn apply(&mut self, record: Control, ts: i64) -> Vec<PresenceChange> {
+    pub fn apply(&mut self, record: Control, ts: i64) -> Vec<PresenceChange> {
         let state = self.nodes.entry(record.node().to_owned()).or_default();
         state.last_ms = state.last_ms.max(ts);
         match record {
@@ -128,7 +128,7 @@ impl Book {
     /// Removes the nodes whose newest record is older than `ttl_ms` at
     /// `now_ms`, except `own` (a node never takes itself for dead: it is
     /// running); the leaves of their users.
-    pub(crate) fn expire(
+    pub fn expire(
         &mut self,
         now_ms: i64,
         ttl_ms: i64,
@@ -154,7 +154,7 @@ impl Book {
     }
 
     /// The distinct users present in `room`, sorted.
-    pub(crate) fn users(&self, room: &str) -> Vec<String> {
+    pub fn users(&self, room: &str) -> Vec<String> {
         let mut users: Vec<String> = self
             .rooms
             .get(room)
@@ -165,7 +165,7 @@ impl Book {
     }
 
     /// The nodes that heartbeat, sorted by id.
-    pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
+    pub fn nodes(&self) -> Vec<NodeInfo> {
         let mut out: Vec<NodeInfo> = self.nodes.values().filter_map(|s| s.info.clone()).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out

@@ -6,19 +6,22 @@
 //! adds a space or a line break. Room messages, directs, signals and takeovers
 //! are envelopes encoded by [`chatmesh_broker::codec`] only.
 
-use chatmesh_broker::support::NameCodec;
-use chatmesh_broker::NodeInfo;
+use crate::support::NameCodec;
+use std::collections::BTreeMap;
+
+use crate::support::Entries;
+use crate::NodeInfo;
 
 const TEXT: NameCodec = NameCodec::new(b'%', b"-_.:", "%");
 
 /// The header naming the user of a dedupe key.
-pub(crate) const USER_HEADER: &str = "chatmesh-user";
+pub const USER_HEADER: &str = "chatmesh-user";
 /// The header naming the `cid` of a dedupe key.
-pub(crate) const CID_HEADER: &str = "chatmesh-cid";
+pub const CID_HEADER: &str = "chatmesh-cid";
 
 /// One record of the control topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Control {
+pub enum Control {
     /// `user` has a connection in `room` on `node`.
     Join {
         node: String,
@@ -44,7 +47,7 @@ pub(crate) enum Control {
 
 impl Control {
     /// The node whose entries this record is about.
-    pub(crate) fn node(&self) -> &str {
+    pub fn node(&self) -> &str {
         match self {
             Control::Join { node, .. }
             | Control::Leave { node, .. }
@@ -52,7 +55,7 @@ impl Control {
         }
     }
 
-    pub(crate) fn encode(&self) -> String {
+    pub fn encode(&self) -> String {
         let e = |s: &str| TEXT.escape(s);
         match self {
             Control::Join { node, room, user } => format!("J {} {} {}", e(node), e(room), e(user)),
@@ -81,7 +84,7 @@ impl Control {
     }
 
     /// `None` for text [`Control::encode`] could not have written.
-    pub(crate) fn decode(text: &str) -> Option<Control> {
+    pub fn decode(text: &str) -> Option<Control> {
         let u = |s: &str| TEXT.unescape(s);
         let mut lines = text.split('\n');
         let head: Vec<&str> = lines.next()?.split(' ').collect();
@@ -126,14 +129,52 @@ impl Control {
 }
 
 /// The meta topic's record of a history epoch.
-pub(crate) fn encode_epoch(epoch: u64) -> String {
+pub fn encode_epoch(epoch: u64) -> String {
     format!("epoch {epoch:x}")
 }
 
 /// Reads back [`encode_epoch`].
-pub(crate) fn decode_epoch(text: &str) -> Option<u64> {
+pub fn decode_epoch(text: &str) -> Option<u64> {
     let hex = text.strip_prefix("epoch ")?;
     u64::from_str_radix(hex, 16).ok().filter(|e| *e != 0)
+}
+
+/// Entries per heartbeat record: a record stays far below Kafka's and
+/// RabbitMQ's message size limits.
+pub const BEAT_ENTRIES: usize = 2000;
+
+/// The heartbeat records of this broker's entries: for each node id with
+/// entries (normally only `info.id`), its entries in parts of
+/// [`BEAT_ENTRIES`]; `info` rides on the first part of its own node.
+pub fn beats(info: &NodeInfo, local: &BTreeMap<String, Entries>) -> Vec<Control> {
+    let mut by_node: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
+    by_node.entry(info.id.as_str()).or_default();
+    for (room, entries) in local {
+        for (user, node) in entries {
+            by_node
+                .entry(node.as_str())
+                .or_default()
+                .push((room.clone(), user.clone()));
+        }
+    }
+    let mut out = Vec::new();
+    for (node, entries) in by_node {
+        let chunks: Vec<&[(String, String)]> = if entries.is_empty() {
+            vec![&[]]
+        } else {
+            entries.chunks(BEAT_ENTRIES).collect()
+        };
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            out.push(Control::Beat {
+                node: node.to_owned(),
+                info: (i == 0 && node == info.id).then(|| info.clone()),
+                last: i + 1 == n,
+                entries: chunk.to_vec(),
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -195,5 +236,51 @@ mod tests {
         assert_eq!(decode_epoch(&encode_epoch(0xabc)), Some(0xabc));
         assert_eq!(decode_epoch("epoch 0"), None);
         assert_eq!(decode_epoch("epoch x"), None);
+    }
+
+    #[test]
+    fn heartbeats_split_large_entry_sets_and_carry_the_info_once() {
+        let info = NodeInfo {
+            id: "n1".into(),
+            ..NodeInfo::default()
+        };
+        let mut local: BTreeMap<String, Entries> = BTreeMap::new();
+        for i in 0..(BEAT_ENTRIES + 1) {
+            local
+                .entry(format!("r{i}"))
+                .or_default()
+                .insert(("u".into(), "n1".into()));
+        }
+        local
+            .entry("x".into())
+            .or_default()
+            .insert(("v".into(), "n2".into()));
+        let beats = beats(&info, &local);
+        let shape: Vec<(String, bool, bool, usize)> = beats
+            .iter()
+            .map(|b| match b {
+                Control::Beat {
+                    node,
+                    info,
+                    last,
+                    entries,
+                } => (node.clone(), info.is_some(), *last, entries.len()),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("n1".into(), true, false, BEAT_ENTRIES),
+                ("n1".into(), false, true, 1),
+                ("n2".into(), false, true, 1)
+            ]
+        );
+        let empty = beats_of_nobody(&info);
+        assert_eq!(empty.len(), 1, "a node without entries still heartbeats");
+    }
+
+    fn beats_of_nobody(info: &NodeInfo) -> Vec<Control> {
+        beats(info, &BTreeMap::new())
     }
 }
