@@ -39,7 +39,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, OwnedHeaders};
-use rdkafka::metadata::Metadata;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -874,9 +873,8 @@ impl Link {
     /// of all; whether this node created the rooms topic while the meta topic
     /// (the epoch) already existed.
     async fn ensure_topics(&self, producer: &FutureProducer<Quiet>) -> Result<bool, SetupError> {
-        let md = metadata(producer, REQUEST_TIMEOUT).await?;
-        let brokers = md.brokers().len().max(1) as i32;
-        let found = self.partition_counts(&md);
+        let (brokers, found) = self.counts(producer, REQUEST_TIMEOUT).await?;
+        let brokers = brokers.max(1) as i32;
         let want = self.wanted();
         let missing: Vec<&(Role, String, i32)> = want
             .iter()
@@ -931,8 +929,7 @@ impl Link {
                 }
             }
         }
-        let md = metadata(producer, REQUEST_TIMEOUT).await?;
-        let found = self.partition_counts(&md);
+        let (_, found) = self.counts(producer, REQUEST_TIMEOUT).await?;
         for (role, name, n) in &want {
             match found.get(name) {
                 Some(got) if got == n => {}
@@ -968,12 +965,15 @@ impl Link {
             .collect()
     }
 
-    fn partition_counts(&self, md: &Metadata) -> HashMap<String, i32> {
-        md.topics()
-            .iter()
-            .filter(|t| t.error().is_none() && self.names.role(t.name()).is_some())
-            .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
-            .collect()
+    /// The partition counts of this namespace's topics that exist, and the
+    /// number of brokers.
+    async fn counts(
+        &self,
+        producer: &FutureProducer<Quiet>,
+        timeout: Duration,
+    ) -> Result<(usize, HashMap<String, i32>), BrokerError> {
+        let names = self.wanted().into_iter().map(|(_, name, _)| name).collect();
+        topic_counts(producer, names, timeout).await
     }
 
     /// The epoch: the first record of the meta topic, written by whichever
@@ -1029,14 +1029,13 @@ impl Link {
     /// Whether the session still works: the cluster answers and lists every
     /// topic with its partition count.
     async fn probe(&self, session: &Session) -> bool {
-        let md = match metadata(&session.producer, PROBE_TIMEOUT).await {
-            Ok(md) => md,
+        let found = match self.counts(&session.producer, PROBE_TIMEOUT).await {
+            Ok((_, found)) => found,
             Err(e) => {
                 debug!(cause = %e, "probe failed");
                 return false;
             }
         };
-        let found = self.partition_counts(&md);
         let ok = self
             .wanted()
             .iter()
@@ -1204,13 +1203,30 @@ fn dedupe_header(m: &BorrowedMessage<'_>) -> Option<(String, String)> {
     user.zip(cid)
 }
 
-/// The cluster's metadata (every topic), off the runtime's threads.
-async fn metadata(
+/// What the cluster says about this namespace's topics: how many brokers it
+/// has, and the partition count of each topic of `names` that exists. Asks
+/// for these topics only (a cluster may hold thousands), one request each,
+/// off the runtime's threads; a missing topic is absent, not an error
+/// (`allow.auto.create.topics=false`, so asking creates nothing).
+async fn topic_counts(
     producer: &FutureProducer<Quiet>,
+    names: Vec<String>,
     timeout: Duration,
-) -> Result<Metadata, BrokerError> {
+) -> Result<(usize, HashMap<String, i32>), BrokerError> {
     let client = producer.clone();
-    tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout))
+    let ask = move || -> Result<(usize, HashMap<String, i32>), KafkaError> {
+        let mut brokers = 0;
+        let mut counts = HashMap::new();
+        for name in names {
+            let md = client.client().fetch_metadata(Some(&name), timeout)?;
+            brokers = brokers.max(md.brokers().len());
+            for t in md.topics().iter().filter(|t| t.error().is_none()) {
+                counts.insert(t.name().to_owned(), t.partitions().len() as i32);
+            }
+        }
+        Ok((brokers, counts))
+    };
+    tokio::task::spawn_blocking(ask)
         .await
         .map_err(|e| BrokerError::Unavailable(format!("metadata: {e}").into()))?
         .map_err(|e| BrokerError::unavailable("metadata", e))
