@@ -2,10 +2,10 @@
 # For machines with Docker: start the 3-node cluster of docker-compose.<broker>.yml
 # and run the cluster suite against the running nodes. Tests that must kill or
 # restart processes say why they do not run in this mode.
-# Usage: scripts/compose-test.sh redis|nats|kafka
+# Usage: scripts/compose-test.sh redis|nats|kafka|rabbitmq
 set -euo pipefail
 cd "$(dirname "$0")/.."
-broker="${1:?usage: scripts/compose-test.sh redis|nats|kafka}"
+broker="${1:?usage: scripts/compose-test.sh redis|nats|kafka|rabbitmq}"
 file="docker-compose.${broker}.yml"
 key="${CHATMESH_API_KEY:-dev-key}"
 docker compose -f "$file" up -d --build --wait
