@@ -185,8 +185,10 @@ pub(crate) struct Link {
     pub(crate) state: LinkState,
     session: RwLock<Option<Arc<Session>>>,
     held: RwLock<Held>,
-    /// Serializes subscribe and unsubscribe.
-    ops: tokio::sync::Mutex<()>,
+    /// One lock per topic being subscribed or unsubscribed: a topic's
+    /// calls keep their order, other topics' (whose first read of a partition
+    /// waits for Kafka) do not wait for them.
+    ops: Mutex<HashMap<Topic, Arc<tokio::sync::Mutex<()>>>>,
     /// Bumped after the reader handled a record, so waiters look again.
     progress: watch::Sender<u64>,
     /// Something looks wrong: probe now.
@@ -218,7 +220,7 @@ impl Link {
             state: LinkState::new("kafka", events),
             session: RwLock::new(None),
             held: RwLock::new(Held::default()),
-            ops: tokio::sync::Mutex::new(()),
+            ops: Mutex::new(HashMap::new()),
             progress: watch::Sender::new(0),
             suspect: Notify::new(),
             own: Mutex::new(HashSet::new()),
@@ -413,45 +415,68 @@ impl Link {
 
     /// Holds `topics`: their partitions are read, their records delivered.
     pub(crate) async fn subscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
-        let _ops = self.ops.lock().await;
         let session = self.session()?;
         for topic in topics {
-            if !self.write_held().insert(topic) {
-                continue;
-            }
-            let mut got = Vec::new();
-            for part in self.parts(topic) {
-                match self.acquire(&session, part).await {
-                    Ok(()) => got.push(part),
-                    Err(e) => {
-                        self.write_held().remove(topic);
-                        for part in got {
-                            self.release(&session, part);
-                        }
-                        return Err(e);
-                    }
+            let turn = self.topic_turn(topic).await;
+            let held = self.hold(&session, topic).await;
+            self.end_turn(topic, turn);
+            held?;
+        }
+        Ok(())
+    }
+
+    /// Holds one topic (its turn taken): a no-op when held already.
+    async fn hold(&self, session: &Session, topic: &Topic) -> Result<(), BrokerError> {
+        if !self.write_held().insert(topic) {
+            return Ok(());
+        }
+        let mut got = Vec::new();
+        for part in self.parts(topic) {
+            if let Err(e) = self.acquire(session, part).await {
+                self.write_held().remove(topic);
+                for part in got {
+                    self.release(session, part);
                 }
+                return Err(e);
             }
+            got.push(part);
         }
         Ok(())
     }
 
     /// Stops holding `topics`.
     pub(crate) async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
-        let _ops = self.ops.lock().await;
         self.state.check_open()?;
-        let session = self.session().ok();
         for topic in topics {
-            if !self.write_held().remove(topic) {
-                continue;
-            }
-            if let Some(session) = &session {
-                for part in self.parts(topic) {
-                    self.release(session, part);
+            let turn = self.topic_turn(topic).await;
+            if self.write_held().remove(topic) {
+                if let Ok(session) = self.session() {
+                    for part in self.parts(topic) {
+                        self.release(&session, part);
+                    }
                 }
             }
+            self.end_turn(topic, turn);
         }
         Ok(())
+    }
+
+    /// Waits for `topic`'s turn among subscribes and unsubscribes.
+    async fn topic_turn(&self, topic: &Topic) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+            ops.entry(topic.clone()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Ends a turn; the topic's lock goes when nobody waits for it.
+    fn end_turn(&self, topic: &Topic, turn: tokio::sync::OwnedMutexGuard<()>) {
+        drop(turn);
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        if ops.get(topic).is_some_and(|l| Arc::strong_count(l) == 1) {
+            ops.remove(topic);
+        }
     }
 
     fn write_held(&self) -> std::sync::RwLockWriteGuard<'_, Held> {

@@ -290,3 +290,36 @@ async fn every_acked_message_arrives_under_concurrent_publishing() {
     );
     assert_eq!(got, acked);
 }
+
+/// Subscribes of many new rooms at once, twice each, from one node: each
+/// call returns only once its room is read (also the second call of a room,
+/// which finds it being subscribed by the first), so a message another node
+/// publishes right after that call returns reaches this node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_subscribes_each_return_when_their_room_is_read() {
+    let t = server();
+    let ns = ns("subs");
+    let (a, mut rx_a) = node(&t.bootstrap(), settings(&ns, 10, TTL)).await;
+    let (b, _rx_b) = node(&t.bootstrap(), settings(&ns, 10, TTL)).await;
+    let rooms: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+    let calls = rooms.iter().flat_map(|r| [(r, 1), (r, 2)]).map(|(r, n)| {
+        let (a, b) = (&a, &b);
+        async move {
+            a.subscribe(&[Topic::Room(r.clone())]).await.expect("sub");
+            let id = format!("{r}-{n}");
+            b.publish_message(msg(r, &id), None).await.expect("pub");
+            id
+        }
+    });
+    let mut want = futures_util::future::join_all(calls).await;
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        if let Envelope::Message(m) = delivery(&mut rx_a).await.envelope {
+            got.push(m.id);
+        }
+    }
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    no_delivery(&mut rx_a, Duration::from_millis(300)).await;
+}
