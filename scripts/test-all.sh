@@ -12,6 +12,11 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The rdkafka crate builds its bundled librdkafka with a C compiler and make.
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+# `ss -K` cuts one node's Kafka link in the cluster suite.
+command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 # RabbitMQ 3.10: the tests run private nodes with their own epmd and ports, so

@@ -193,8 +193,7 @@ impl PubSub for KafkaBroker {
         if let Some(dedupe) = &dedupe {
             let once = self.produce_once(&session, to, &msg.to, &payload, dedupe);
             let (offset, first) = self.with_tail(&session, to, once).await?;
-            if let Some((first, id)) = first.filter(|(first, _)| *first < offset) {
-                let _ = first;
+            if let Some((_, id)) = first.filter(|(first, _)| *first < offset) {
                 return Ok(Published {
                     id,
                     pos: None,
