@@ -25,12 +25,12 @@
 //! control topic, and assigned every held topic's partitions again; then
 //! `Connected`.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chatmesh_broker::support::{Backoff, LinkState};
+use chatmesh_broker::support::{Backoff, Held, LinkState, Turns};
 use chatmesh_broker::{
     codec, BrokerError, BrokerEvent, BrokerSettings, Delivery, Envelope, Pos, Topic,
 };
@@ -51,7 +51,7 @@ use crate::error::timed_out;
 use crate::names::{partition_of, Names, Role};
 use crate::KafkaOptions;
 use chatmesh_broker::support::stream::{
-    decode_epoch, encode_epoch, Book, Control, Key, Seen, Tail, CID_HEADER, USER_HEADER,
+    decode_epoch, encode_epoch, Book, Control, ControlLog, Key, Seen, Tail, CID_HEADER, USER_HEADER,
 };
 
 /// How long one request (a produce, a metadata or watermark request, reading
@@ -74,59 +74,15 @@ const MAX_RECORD: usize = 1_000_000 - 1024;
 /// One partition of one of this namespace's topics.
 pub(crate) type Part = (Role, i32);
 
-/// What this node holds: the topics whose deliveries it hands on.
-#[derive(Debug, Default)]
-struct Held {
-    rooms: BTreeSet<String>,
-    users: BTreeSet<String>,
-}
-
-impl Held {
-    fn contains(&self, topic: &Topic) -> bool {
-        match topic {
-            Topic::Room(r) => self.rooms.contains(r),
-            Topic::User(u) => self.users.contains(u),
-        }
-    }
-
-    /// True when newly held.
-    fn insert(&mut self, topic: &Topic) -> bool {
-        match topic {
-            Topic::Room(r) => self.rooms.insert(r.clone()),
-            Topic::User(u) => self.users.insert(u.clone()),
-        }
-    }
-
-    fn remove(&mut self, topic: &Topic) -> bool {
-        match topic {
-            Topic::Room(r) => self.rooms.remove(r),
-            Topic::User(u) => self.users.remove(u),
-        }
-    }
-
-    fn all(&self) -> Vec<Topic> {
-        let rooms = self.rooms.iter().cloned().map(Topic::Room);
-        rooms
-            .chain(self.users.iter().cloned().map(Topic::User))
-            .collect()
-    }
-}
-
 /// What the reader keeps, under one lock.
 #[derive(Debug, Default)]
 pub(crate) struct Read {
     pub(crate) tails: HashMap<Part, Tail>,
     refs: HashMap<Part, usize>,
-    pub(crate) book: Book,
+    pub(crate) control: ControlLog,
     /// The first epoch record the meta tail has read.
     epoch: Option<u64>,
-    /// The presence changes this node's own joins and leaves caused, by
-    /// offset, for their writer to announce.
-    caused: std::collections::VecDeque<(i64, Vec<chatmesh_broker::PresenceChange>)>,
 }
-
-/// How many caused changes are kept for their writers to pick up.
-const CAUSED: usize = 4096;
 
 /// What one session's calls and its reader share.
 #[derive(Debug, Default)]
@@ -185,17 +141,13 @@ pub(crate) struct Link {
     pub(crate) state: LinkState,
     session: RwLock<Option<Arc<Session>>>,
     held: RwLock<Held>,
-    /// One lock per topic being subscribed or unsubscribed: a topic's
-    /// calls keep their order, other topics' (whose first read of a partition
-    /// waits for Kafka) do not wait for them.
-    ops: Mutex<HashMap<Topic, Arc<tokio::sync::Mutex<()>>>>,
+    /// A topic's subscribes and unsubscribes keep their order; other
+    /// topics' (whose first read of a partition waits for Kafka) do not wait.
+    turns: Turns,
     /// Bumped after the reader handled a record, so waiters look again.
     progress: watch::Sender<u64>,
     /// Something looks wrong: probe now.
     suspect: Notify,
-    /// The node ids this broker writes control records for: never expired
-    /// by this node's own reader.
-    own: Mutex<HashSet<String>>,
 }
 
 fn now_ms() -> i64 {
@@ -220,10 +172,9 @@ impl Link {
             state: LinkState::new("kafka", events),
             session: RwLock::new(None),
             held: RwLock::new(Held::default()),
-            ops: Mutex::new(HashMap::new()),
+            turns: Turns::default(),
             progress: watch::Sender::new(0),
             suspect: Notify::new(),
-            own: Mutex::new(HashSet::new()),
         }
     }
 
@@ -417,9 +368,9 @@ impl Link {
     pub(crate) async fn subscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
         let session = self.session()?;
         for topic in topics {
-            let turn = self.topic_turn(topic).await;
+            let turn = self.turns.take(topic).await;
             let held = self.hold(&session, topic).await;
-            self.end_turn(topic, turn);
+            self.turns.end(topic, turn);
             held?;
         }
         Ok(())
@@ -448,7 +399,7 @@ impl Link {
     pub(crate) async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
         self.state.check_open()?;
         for topic in topics {
-            let turn = self.topic_turn(topic).await;
+            let turn = self.turns.take(topic).await;
             if self.write_held().remove(topic) {
                 if let Ok(session) = self.session() {
                     for part in self.parts(topic) {
@@ -456,27 +407,9 @@ impl Link {
                     }
                 }
             }
-            self.end_turn(topic, turn);
+            self.turns.end(topic, turn);
         }
         Ok(())
-    }
-
-    /// Waits for `topic`'s turn among subscribes and unsubscribes.
-    async fn topic_turn(&self, topic: &Topic) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
-            ops.entry(topic.clone()).or_default().clone()
-        };
-        lock.lock_owned().await
-    }
-
-    /// Ends a turn; the topic's lock goes when nobody waits for it.
-    fn end_turn(&self, topic: &Topic, turn: tokio::sync::OwnedMutexGuard<()>) {
-        drop(turn);
-        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
-        if ops.get(topic).is_some_and(|l| Arc::strong_count(l) == 1) {
-            ops.remove(topic);
-        }
     }
 
     fn write_held(&self) -> std::sync::RwLockWriteGuard<'_, Held> {
@@ -589,8 +522,7 @@ impl Link {
         let changes = self
             .wait_for(session, "presence", |r| {
                 r.tails.get(&part).filter(|t| t.next > offset)?;
-                let caused = r.caused.iter().find(|(o, _)| *o == offset);
-                Some(caused.map(|(_, c)| c.clone()).unwrap_or_default())
+                Some(r.control.caused(offset))
             })
             .await?;
         for change in changes {
@@ -615,10 +547,7 @@ impl Link {
         session: &Session,
         record: &Control,
     ) -> Result<DeliveryFuture, BrokerError> {
-        self.own
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(record.node().to_owned());
+        session.shared.lock().control.own(record.node());
         let payload = record.encode();
         self.enqueue(
             session,
@@ -635,8 +564,10 @@ impl Link {
         session: &Session,
         f: impl Fn(&Book) -> T,
     ) -> Result<T, BrokerError> {
-        self.read_up(session, (Role::Control, 0), "presence", |_, r| f(&r.book))
-            .await
+        self.read_up(session, (Role::Control, 0), "presence", |_, r| {
+            f(&r.control.book)
+        })
+        .await
     }
 
     // ----- reading ----------------------------------------------------------
@@ -750,33 +681,8 @@ impl Link {
             return Vec::new();
         }
         let live = offset >= tail.boundary;
-        let Some(record) = std::str::from_utf8(payload).ok().and_then(Control::decode) else {
-            warn!(offset, "unreadable control record dropped");
-            return Vec::new();
-        };
-        let beat = matches!(record, Control::Beat { .. });
-        let mine = self
-            .own
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(record.node());
-        let changes = read.book.apply(record, ts);
-        if !beat {
-            // A join or leave: its writer announces the change in the room.
-            if mine && !changes.is_empty() {
-                read.caused.push_back((offset, changes));
-                if read.caused.len() > CAUSED {
-                    read.caused.pop_front();
-                }
-            }
-            return Vec::new();
-        }
-        // A heartbeat that repaired entries: each node tells its own members.
-        if live {
-            self.presence_deliveries(changes)
-        } else {
-            Vec::new()
-        }
+        let changes = read.control.apply(offset, ts, payload, live);
+        self.presence_deliveries(changes)
     }
 
     fn presence_deliveries(&self, changes: Vec<chatmesh_broker::PresenceChange>) -> Vec<Delivery> {
@@ -802,8 +708,7 @@ impl Link {
             return Vec::new();
         }
         let ttl = self.settings.presence_ttl.as_millis() as i64;
-        let own = self.own.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let changes = read.book.expire(now_ms(), ttl, &own);
+        let changes = read.control.expire(now_ms(), ttl);
         drop(read);
         self.presence_deliveries(changes)
     }

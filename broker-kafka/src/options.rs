@@ -44,13 +44,7 @@ impl KafkaOptions {
     /// Why these options cannot work, naming the key.
     pub fn check(&self) -> Result<(), String> {
         let range = |key: &str, v: i64, lo: i64, hi: i64| {
-            if (lo..=hi).contains(&v) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "broker.kafka.{key} must be from {lo} to {hi}, not {v}"
-                ))
-            }
+            chatmesh_broker::support::in_range(&format!("broker.kafka.{key}"), v, lo, hi)
         };
         range("room_partitions", self.room_partitions.into(), 1, 10_000)?;
         range("user_partitions", self.user_partitions.into(), 1, 10_000)?;

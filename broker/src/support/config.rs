@@ -33,6 +33,16 @@ pub fn runtime(broker: &'static str) -> Result<tokio::runtime::Handle, ConfigErr
     tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime { broker })
 }
 
+/// `Err` naming `key` unless `v` is in `lo..=hi`: the range check of a
+/// broker option.
+pub fn in_range(key: &str, v: i64, lo: i64, hi: i64) -> Result<(), String> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{key} must be from {lo} to {hi}, not {v}"))
+    }
+}
+
 /// The URLs of a comma-separated `broker.url` (blanks around commas are
 /// ignored), each checked by `check`, which says why one is unusable.
 pub fn split_urls(

@@ -9,19 +9,23 @@
 //!   heartbeat refreshes, with the rollback of a join the broker refused.
 //! - [`names`]: [`NameCodec`], the escaping that keeps every room, user, node
 //!   and namespace name to one unambiguous token of a key, channel or subject.
+//! - [`held`]: [`Held`], the topics a node holds, and [`Turns`], one
+//!   subscribe or unsubscribe at a time per topic.
 //! - [`config`]: [`ConfigError`] and [`split_urls`], the checks of `broker.url`.
 //! - [`stream`]: what brokers on a partitioned log share (Kafka, RabbitMQ
 //!   streams): the per-partition tail (history, recovery, dedupe by log
 //!   order), presence derived from a control partition, its records.
 
 pub mod config;
+pub mod held;
 pub mod link;
 pub mod names;
 pub mod presence;
 pub mod shell;
 pub mod stream;
 
-pub use config::{runtime, split_urls, ConfigError};
+pub use config::{in_range, runtime, split_urls, ConfigError};
+pub use held::{Held, Turns};
 pub use link::{Backoff, LinkState};
 pub use names::NameCodec;
 pub use presence::{Entries, LocalPresence};

@@ -6,13 +6,17 @@
 //!   recovery and dedupe by log order, with a bound on the work of a request.
 //! - [`book`]: [`Book`], presence and the node list derived from one control
 //!   partition read in order by every node.
+//! - [`control`]: [`ControlLog`], the book with this node's own records and
+//!   the presence changes they caused.
 //! - [`records`]: [`Control`], the text records of the control partition, the
 //!   epoch record, the dedupe headers, and [`beats`], a heartbeat as records.
 
 pub mod book;
+pub mod control;
 pub mod records;
 pub mod tail;
 
 pub use book::Book;
+pub use control::ControlLog;
 pub use records::{beats, decode_epoch, encode_epoch, Control, CID_HEADER, USER_HEADER};
 pub use tail::{First, Key, Seen, Tail};

@@ -159,6 +159,11 @@ impl Tail {
         if offset < self.next {
             return Seen::Stale;
         }
+        if self.next == self.covered && self.ring.is_empty() {
+            // The first record read is past the start (trimmed by retention):
+            // what lay between is not known.
+            self.covered = offset;
+        }
         self.next = offset + 1;
         if let Some(key) = key {
             if self.dedupe.check(key, offset, id, ts) {
