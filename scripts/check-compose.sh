@@ -3,7 +3,7 @@
 #  1. `docker-compose config -q` accepts each file;
 #  2. every service that sets CHATMESH_* variables passes `chatmesh --check-config`
 #     with exactly those variables, so a misspelt key or bad value fails here.
-#     A broker kind this binary lacks (today rabbitmq, issue 13) is the one error
+#     A broker kind this binary lacks (built without its cargo feature) is the one error
 #     let through, and only when --check-config says so ("`<kind>` is not built
 #     into this binary"): the same variables must then pass with broker.kind
 #     memory instead, and the file gets one "skip config check" line;
@@ -62,11 +62,7 @@ for name, svc in doc.get("services", {}).items():
     fi
   done <<<"$envs"
   if [ -n "$unbuilt_kind" ]; then
-    case "$unbuilt_kind" in
-      rabbitmq) why="issue 13" ;;
-      *) why="built without its cargo feature" ;;
-    esac
-    echo "skip config check: $file: broker.kind $unbuilt_kind is not built into this binary ($why);" \
+    echo "skip config check: $file: broker.kind $unbuilt_kind is not built into this binary (built without its cargo feature);" \
       "the other CHATMESH_ settings of $unbuilt_services pass with broker.kind memory"
   fi
   if problems=$(docker-compose -f "$file" config | /usr/bin/python3 -c '

@@ -16,6 +16,7 @@ pub enum SpawnKind {
     Redis,
     Nats,
     Kafka,
+    Rabbitmq,
 }
 
 impl SpawnKind {
@@ -25,6 +26,7 @@ impl SpawnKind {
             SpawnKind::Redis => "redis",
             SpawnKind::Nats => "nats",
             SpawnKind::Kafka => "kafka",
+            SpawnKind::Rabbitmq => "rabbitmq",
         }
     }
 }

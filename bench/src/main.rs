@@ -130,7 +130,7 @@ async fn main() -> Result<()> {
         }
         None => {
             if args.urls.is_empty() {
-                bail!("pass --spawn memory|redis|nats or --urls ws://…");
+                bail!("pass --spawn memory|redis|nats|kafka|rabbitmq or --urls ws://…");
             }
             watched.extend(parse_pids(&args.server_pids)?);
             if let Some(pid) = args.broker_pid {
@@ -293,6 +293,7 @@ async fn broker_counters(urls: &[String]) -> Vec<(String, Vec<String>)> {
             .lines()
             .filter(|l| {
                 l.starts_with("chatmesh_kafka_records_")
+                    || l.starts_with("chatmesh_rabbitmq_records_")
                     || l.starts_with("chatmesh_broker_deliveries_unrouted_total")
             })
             .map(str::to_owned)

@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use chatmesh_testserver::kafka::TansuServer;
 use chatmesh_testserver::nats::NatsServer;
 use chatmesh_testserver::ports::free_port;
+use chatmesh_testserver::rabbitmq::RabbitServer;
 use chatmesh_testserver::redis::RedisServer;
 
 use crate::cli::SpawnKind;
@@ -89,6 +90,7 @@ pub enum BrokerServer {
     Redis(RedisServer),
     Nats(NatsServer),
     Kafka(TansuServer),
+    Rabbitmq(RabbitServer),
 }
 
 /// The started broker: its server and the name its process is watched under.
@@ -104,6 +106,7 @@ impl Broker {
             BrokerServer::Redis(r) => r.pid(),
             BrokerServer::Nats(n) => n.pid(),
             BrokerServer::Kafka(t) => t.pid(),
+            BrokerServer::Rabbitmq(r) => r.pid(),
         }
         .unwrap_or_default()
     }
@@ -126,6 +129,11 @@ fn start_broker(kind: SpawnKind) -> Result<Option<(Broker, String, u16)>> {
             let t = TansuServer::start().context("starting tansu")?;
             let (url, port) = (t.bootstrap(), t.port());
             (BrokerServer::Kafka(t), url, port)
+        }
+        SpawnKind::Rabbitmq => {
+            let r = RabbitServer::start().context("starting rabbitmq-server")?;
+            let (url, port) = (r.url(), r.port());
+            (BrokerServer::Rabbitmq(r), url, port)
         }
     };
     let name = kind.as_str().to_string();

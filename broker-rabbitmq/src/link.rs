@@ -1237,9 +1237,11 @@ fn close_channel(channel: Channel) {
 pub(crate) async fn run(link: Arc<Link>) {
     let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     let mut shutdown = link.state.shutdown_signal();
+    let mut failures = 0u32;
     loop {
         match link.connect().await {
             Ok(session) => {
+                failures = 0;
                 link.install(Some(session.clone()));
                 backoff.reset();
                 link.state.set_up().await;
@@ -1251,7 +1253,16 @@ pub(crate) async fn run(link: Arc<Link>) {
                 }
                 link.state.set_down().await;
             }
-            Err(SetupError::Down(e)) => debug!(cause = %e, "RabbitMQ not reachable"),
+            Err(SetupError::Down(e)) => {
+                failures += 1;
+                // Quiet while RabbitMQ restarts; loud when it stays broken
+                // (for example a stream it reports down for good).
+                if failures % 10 == 0 {
+                    warn!(cause = %e, failures, "RabbitMQ still not usable");
+                } else {
+                    debug!(cause = %e, "RabbitMQ not usable");
+                }
+            }
             Err(SetupError::Fatal(reason)) => {
                 error!("{reason}");
                 link.state.fail(reason).await;

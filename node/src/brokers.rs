@@ -18,7 +18,12 @@ type Constructor = fn(&BrokerConfig, BrokerSettings) -> Result<Arc<dyn Broker>, 
 
 /// A broker crate's configuration error, as the node reports it: about
 /// `broker.url` unless the broker says which option it is.
-#[cfg(any(feature = "redis", feature = "nats", feature = "kafka"))]
+#[cfg(any(
+    feature = "redis",
+    feature = "nats",
+    feature = "kafka",
+    feature = "rabbitmq"
+))]
 fn url_error(e: chatmesh_broker::support::ConfigError) -> ConfigError {
     use chatmesh_broker::support::ConfigError as E;
     match &e {
@@ -81,6 +86,21 @@ fn constructor(kind: BrokerKind) -> Option<Constructor> {
                 .map(|b| Arc::new(b) as Arc<dyn Broker>)
                 .map_err(url_error)
         }),
+        #[cfg(feature = "rabbitmq")]
+        BrokerKind::Rabbitmq => Some(|config, settings| {
+            let r = &config.rabbitmq;
+            let options = chatmesh_broker_rabbitmq::RabbitOptions {
+                room_streams: r.room_streams,
+                user_streams: r.user_streams,
+                tail_records: r.tail_records,
+                stream_max_bytes: r.stream_max_bytes,
+                queue_max_messages: r.queue_max_messages,
+            };
+            chatmesh_broker_rabbitmq::RabbitBroker::with_options(&config.url, settings, options)
+                .map(|b| Arc::new(b) as Arc<dyn Broker>)
+                .map_err(url_error)
+        }),
+        #[allow(unreachable_patterns)]
         _ => None,
     }
 }

@@ -123,6 +123,23 @@ pub struct BrokerConfig {
     pub url: String,
     /// Read only when `kind` is `kafka`.
     pub kafka: KafkaConfig,
+    /// Read only when `kind` is `rabbitmq`.
+    pub rabbitmq: RabbitConfig,
+}
+
+/// `broker.rabbitmq.*`: what only the RabbitMQ broker reads (PROTOCOL.md §6).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RabbitConfig {
+    /// Streams of room messages.
+    pub room_streams: u16,
+    /// Streams of direct dedupe claims.
+    pub user_streams: u16,
+    /// Room messages kept per read stream for history and recovery.
+    pub tail_records: usize,
+    /// Retention of each stream, in bytes.
+    pub stream_max_bytes: u64,
+    /// The most envelopes the node's own queue holds.
+    pub queue_max_messages: u32,
 }
 
 /// `broker.kafka.*`: what only the Kafka broker reads (PROTOCOL.md §6).
@@ -245,6 +262,13 @@ impl Default for Config {
                     linger_ms: 0,
                     fetch_wait_ms: 10,
                     tail_records: 10_000,
+                },
+                rabbitmq: RabbitConfig {
+                    room_streams: 16,
+                    user_streams: 16,
+                    tail_records: 10_000,
+                    stream_max_bytes: 256 << 20,
+                    queue_max_messages: 100_000,
                 },
             },
             cluster: ClusterConfig {
@@ -529,7 +553,7 @@ mod tests {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("CHATMESH_BROKER__KIND", "bogus")], "broker.kind"),
             (&[("CHATMESH_BROKER__KIND", "kafka")], "broker.kind"),
-            (&[("CHATMESH_BROKER__KIND", "rabbitmq")], "broker.kind"),
+            (&[("CHATMESH_BROKER__KIND", "rabbitmq")], "broker.url"),
             (&[("CHATMESH_HTTP__LISTEN", "nope")], "http.listen"),
             (&[("CHATMESH_BROKER__KIND", "redis")], "broker.url"),
             (&[("CHATMESH_AUTH__MODE", "jwt")], "auth.jwt_secret"),
@@ -552,16 +576,15 @@ mod tests {
     fn an_unbuilt_or_unknown_broker_kind_lists_what_this_build_supports() {
         let supported = crate::brokers::supported_names();
         assert!(supported.starts_with("memory"), "{supported}");
-        // RabbitMQ has no broker crate yet, whatever the features; Kafka is
-        // there when its feature is.
-        assert!(!supported.contains("rabbitmq"));
+        // Kafka and RabbitMQ are there when their features are.
         assert_eq!(supported.contains("kafka"), cfg!(feature = "kafka"));
-        let mut unbuilt = vec![
-            ("rabbitmq", "`rabbitmq` is not built into this binary"),
-            ("bogus", "`bogus` is not a broker kind"),
-        ];
+        assert_eq!(supported.contains("rabbitmq"), cfg!(feature = "rabbitmq"));
+        let mut unbuilt = vec![("bogus", "`bogus` is not a broker kind")];
         if !cfg!(feature = "kafka") {
             unbuilt.push(("kafka", "`kafka` is not built into this binary"));
+        }
+        if !cfg!(feature = "rabbitmq") {
+            unbuilt.push(("rabbitmq", "`rabbitmq` is not built into this binary"));
         }
         for (kind, says) in unbuilt {
             let line = load_with(&[("CHATMESH_BROKER__KIND", kind)], None)

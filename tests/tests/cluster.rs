@@ -1574,3 +1574,4 @@ cluster_suite!(
 cluster_suite!(nats, Backend::Nats);
 cluster_suite!(nats_cluster, Backend::NatsCluster);
 cluster_suite!(kafka, Backend::Kafka);
+cluster_suite!(rabbitmq, Backend::Rabbitmq);
