@@ -90,7 +90,8 @@ pub enum BrokerServer {
     Redis(RedisServer),
     Nats(NatsServer),
     Kafka(TansuServer),
-    Rabbitmq(RabbitServer),
+    /// Boxed: a RabbitMQ server holds two processes and their dirs.
+    Rabbitmq(Box<RabbitServer>),
 }
 
 /// The started broker: its server and the name its process is watched under.
@@ -133,7 +134,7 @@ fn start_broker(kind: SpawnKind) -> Result<Option<(Broker, String, u16)>> {
         SpawnKind::Rabbitmq => {
             let r = RabbitServer::start().context("starting rabbitmq-server")?;
             let (url, port) = (r.url(), r.port());
-            (BrokerServer::Rabbitmq(r), url, port)
+            (BrokerServer::Rabbitmq(Box::new(r)), url, port)
         }
     };
     let name = kind.as_str().to_string();

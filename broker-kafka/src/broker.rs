@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chatmesh_broker::support::{self, shell::event_channel, LocalPresence, Shell};
+use chatmesh_broker::support::{self, shell::event_channel, Shell};
 use chatmesh_broker::{
     codec, Broker, BrokerError, BrokerEvent, BrokerSettings, Capabilities, DedupeKey,
     DirectMessage, Envelope, History, HistoryLife, HistoryQuery, NodeInfo, Pos, Presence, PubSub,
@@ -15,14 +15,13 @@ use crate::error::{bootstrap, check_url, KafkaConfigError, BROKER, URL_FORMS};
 use crate::link::{self, Link, Part, Session};
 use crate::names::{Names, Role};
 use crate::KafkaOptions;
-use chatmesh_broker::support::stream::Key;
-use chatmesh_broker::support::stream::{beats, Control};
+use chatmesh_broker::support::stream::{Key, LogPresence};
 
 /// A node's Kafka broker. See the crate docs for topics and guarantees.
 pub struct KafkaBroker {
     link: Arc<Link>,
-    /// This node's presence entries, which the heartbeat writes.
-    presence: LocalPresence,
+    /// This node's presence entries and the calls that write them.
+    presence: LogPresence,
     shell: Shell,
 }
 
@@ -52,7 +51,7 @@ impl KafkaBroker {
         let task = runtime.spawn(link::run(link.clone()));
         Ok(KafkaBroker {
             link,
-            presence: LocalPresence::default(),
+            presence: LogPresence::default(),
             shell: Shell::new(rx, task),
         })
     }
@@ -128,7 +127,7 @@ impl KafkaBroker {
 
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
-        self.link.state.close();
+        self.link.core.state.close();
     }
 }
 
@@ -240,76 +239,27 @@ impl PubSub for KafkaBroker {
     }
 }
 
+/// Presence is the control stream's: see [`LogPresence`].
 #[async_trait]
 impl Presence for KafkaBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
-        let session = self.link.session()?;
-        let record = Control::Join {
-            node: node.into(),
-            room: room.into(),
-            user: user.into(),
-        };
-        // Enqueued under the presence lock (so this node's control records
-        // keep its order), waited for after it: joins do not queue behind
-        // each other's round trips.
-        self.presence
-            .join_queued(
-                room,
-                user,
-                node,
-                |_| self.link.enqueue_control(&session, &record),
-                |queued| self.link.settle_control(&session, queued),
-            )
-            .await
+        self.presence.join(&*self.link, room, user, node).await
     }
 
     async fn presence_leave(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
-        let record = Control::Leave {
-            node: node.into(),
-            room: room.into(),
-            user: user.into(),
-        };
-        // Gone locally whatever Kafka says: the next heartbeat's entries
-        // replace this node's, which removes it if this write fails.
-        self.presence
-            .leave_queued(
-                room,
-                user,
-                node,
-                || self.link.enqueue_control(&*self.link.session()?, &record),
-                |queued| async {
-                    let session = self.link.session()?;
-                    self.link.settle_control(&session, queued).await
-                },
-            )
-            .await
+        self.presence.leave(&*self.link, room, user, node).await
     }
 
     async fn presence(&self, room: &str) -> Result<Vec<String>, BrokerError> {
-        let session = self.link.session()?;
-        self.link.book(&session, |b| b.users(room)).await
+        self.presence.users(&*self.link, room).await
     }
 
     async fn heartbeat(&self, info: &NodeInfo) -> Result<(), BrokerError> {
-        let session = self.link.session()?;
-        // Enqueued under the presence lock, so a join or leave is never
-        // undone by an older copy of the entries; confirmed after it.
-        let queued: Vec<_> = {
-            let local = self.presence.lock().await;
-            beats(info, &local)
-                .iter()
-                .map(|record| self.link.enqueue_control(&session, record))
-                .collect::<Result<_, _>>()?
-        };
-        for q in queued {
-            self.link.confirm(q).await?;
-        }
-        Ok(())
+        self.presence.heartbeat(&*self.link, info).await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
-        let session = self.link.session()?;
-        self.link.book(&session, |b| b.nodes()).await
+        self.presence.nodes(&*self.link).await
     }
 }
 
@@ -331,7 +281,7 @@ impl Broker for KafkaBroker {
     }
 
     fn is_connected(&self) -> bool {
-        self.link.state.is_connected()
+        self.link.core.state.is_connected()
     }
 
     async fn close(&self) {

@@ -27,10 +27,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chatmesh_broker::support::{Backoff, Held, LinkState, Turns};
+use async_trait::async_trait;
 use chatmesh_broker::{
     codec, BrokerError, BrokerEvent, BrokerSettings, Delivery, Envelope, Pos, Topic,
 };
@@ -42,16 +42,17 @@ use rdkafka::message::{BorrowedMessage, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::context::Quiet;
 use crate::error::timed_out;
 use crate::names::{partition_of, Names, Role};
 use crate::KafkaOptions;
 use chatmesh_broker::support::stream::{
-    decode_epoch, encode_epoch, Book, Control, ControlLog, Key, Seen, Tail, CID_HEADER, USER_HEADER,
+    self, decode_epoch, encode_epoch, Book, Control, ControlLog, ControlWriter, Key, LogLink,
+    LogSession, Reconnect, Seen, SetupError, Tail, CID_HEADER, USER_HEADER,
 };
 
 /// How long one request (a produce, a metadata or watermark request, reading
@@ -117,18 +118,9 @@ impl Drop for Session {
     }
 }
 
-/// Why a session could not be set up.
-enum SetupError {
-    /// Kafka is unreachable or failing: retry with backoff.
-    Down(BrokerError),
-    /// This configuration cannot work with this cluster (a topic with another
-    /// partition count, a topic Kafka refuses to create): the node stops.
-    Fatal(String),
-}
-
-impl From<BrokerError> for SetupError {
-    fn from(e: BrokerError) -> Self {
-        SetupError::Down(e)
+impl LogSession for Session {
+    fn gone(&self) -> &AtomicBool {
+        &self.shared.gone
     }
 }
 
@@ -138,16 +130,7 @@ pub(crate) struct Link {
     pub(crate) settings: BrokerSettings,
     pub(crate) options: KafkaOptions,
     bootstrap: String,
-    pub(crate) state: LinkState,
-    session: RwLock<Option<Arc<Session>>>,
-    held: RwLock<Held>,
-    /// A topic's subscribes and unsubscribes keep their order; other
-    /// topics' (whose first read of a partition waits for Kafka) do not wait.
-    turns: Turns,
-    /// Bumped after the reader handled a record, so waiters look again.
-    progress: watch::Sender<u64>,
-    /// Something looks wrong: probe now.
-    suspect: Notify,
+    pub(crate) core: LogLink<Session>,
 }
 
 fn now_ms() -> i64 {
@@ -169,36 +152,13 @@ impl Link {
             settings,
             options,
             bootstrap,
-            state: LinkState::new("kafka", events),
-            session: RwLock::new(None),
-            held: RwLock::new(Held::default()),
-            turns: Turns::default(),
-            progress: watch::Sender::new(0),
-            suspect: Notify::new(),
+            core: LogLink::new("kafka", "Kafka", REQUEST_TIMEOUT, events),
         }
     }
 
     /// The live session, or `Unavailable` while the link is down.
     pub(crate) fn session(&self) -> Result<Arc<Session>, BrokerError> {
-        self.state.check_open()?;
-        let guard = self.session.read().unwrap_or_else(|p| p.into_inner());
-        guard
-            .clone()
-            .ok_or_else(|| BrokerError::Unavailable("the Kafka link is down".into()))
-    }
-
-    fn install(&self, session: Option<Arc<Session>>) -> Option<Arc<Session>> {
-        let mut guard = self.session.write().unwrap_or_else(|p| p.into_inner());
-        let old = std::mem::replace(&mut *guard, session);
-        if let Some(old) = &old {
-            old.shared.gone.store(true, Ordering::Release);
-        }
-        self.bump();
-        old
-    }
-
-    fn bump(&self) {
-        self.progress.send_modify(|n| *n = n.wrapping_add(1));
+        self.core.session()
     }
 
     /// The partition a topic's records live in.
@@ -229,24 +189,8 @@ impl Link {
         what: &str,
         cond: impl Fn(&Read) -> Option<T>,
     ) -> Result<T, BrokerError> {
-        let mut rx = self.progress.subscribe();
-        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            if let Some(v) = cond(&session.shared.lock()) {
-                return Ok(v);
-            }
-            self.state.check_open()?;
-            if session.shared.gone.load(Ordering::Acquire) {
-                return Err(BrokerError::Unavailable(
-                    format!("{what}: the Kafka link went down").into(),
-                ));
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(BrokerError::Closed),
-                Err(_) => return Err(timed_out(what)),
-            }
-        }
+        let read = || cond(&session.shared.lock());
+        self.core.wait_for(session, what, read).await
     }
 
     /// Waits until the tail of `part` has read everything stored in it when
@@ -340,7 +284,7 @@ impl Link {
         read.tails
             .insert(part, Tail::new(start, boundary, cap, window));
         drop(read);
-        self.bump();
+        self.core.bump();
         Ok(())
     }
 
@@ -367,24 +311,20 @@ impl Link {
     /// Holds `topics`: their partitions are read, their records delivered.
     pub(crate) async fn subscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
         let session = self.session()?;
-        for topic in topics {
-            let turn = self.turns.take(topic).await;
-            let held = self.hold(&session, topic).await;
-            self.turns.end(topic, turn);
-            held?;
-        }
-        Ok(())
+        let session = &session;
+        self.core
+            .hold_each(
+                topics,
+                |topic| async move { self.attach(session, &topic).await },
+            )
+            .await
     }
 
-    /// Holds one topic (its turn taken): a no-op when held already.
-    async fn hold(&self, session: &Session, topic: &Topic) -> Result<(), BrokerError> {
-        if !self.write_held().insert(topic) {
-            return Ok(());
-        }
+    /// Reads a newly held topic's partitions.
+    async fn attach(&self, session: &Session, topic: &Topic) -> Result<(), BrokerError> {
         let mut got = Vec::new();
         for part in self.parts(topic) {
             if let Err(e) = self.acquire(session, part).await {
-                self.write_held().remove(topic);
                 for part in got {
                     self.release(session, part);
                 }
@@ -397,30 +337,14 @@ impl Link {
 
     /// Stops holding `topics`.
     pub(crate) async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
-        self.state.check_open()?;
-        for topic in topics {
-            let turn = self.turns.take(topic).await;
-            if self.write_held().remove(topic) {
-                if let Ok(session) = self.session() {
-                    for part in self.parts(topic) {
-                        self.release(&session, part);
-                    }
+        let detach = |topic: Topic| async move {
+            if let Ok(session) = self.session() {
+                for part in self.parts(&topic) {
+                    self.release(&session, part);
                 }
             }
-            self.turns.end(topic, turn);
-        }
-        Ok(())
-    }
-
-    fn write_held(&self) -> std::sync::RwLockWriteGuard<'_, Held> {
-        self.held.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn holds(&self, topic: &Topic) -> bool {
-        self.held
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(topic)
+        };
+        self.core.release_each(topics, detach).await
     }
 
     // ----- producing --------------------------------------------------------
@@ -478,7 +402,7 @@ impl Link {
             record = record.headers(headers);
         }
         session.producer.send_result(record).map_err(|(e, _)| {
-            self.suspect.notify_one();
+            self.core.suspect.notify_one();
             BrokerError::unavailable("produce", e)
         })
     }
@@ -495,14 +419,14 @@ impl Link {
                 "the record is larger than Kafka accepts".into(),
             )),
             Ok(Ok(Err((e, _)))) => {
-                self.suspect.notify_one();
+                self.core.suspect.notify_one();
                 Err(BrokerError::unavailable("produce", e))
             }
             Ok(Err(_)) => Err(BrokerError::Unavailable(
                 "produce: the producer was dropped (the link went down)".into(),
             )),
             Err(_) => {
-                self.suspect.notify_one();
+                self.core.suspect.notify_one();
                 Err(timed_out("produce"))
             }
         }
@@ -660,7 +584,7 @@ impl Link {
             Role::Users => Topic::User(name.to_owned()),
             _ => Topic::Room(name.to_owned()),
         };
-        if !self.holds(&topic) {
+        if !self.core.holds(&topic) {
             return Vec::new();
         }
         let stored = matches!(envelope, Envelope::Message(_));
@@ -682,19 +606,7 @@ impl Link {
         }
         let live = offset >= tail.boundary;
         let changes = read.control.apply(offset, ts, payload, live);
-        self.presence_deliveries(changes)
-    }
-
-    fn presence_deliveries(&self, changes: Vec<chatmesh_broker::PresenceChange>) -> Vec<Delivery> {
-        changes
-            .into_iter()
-            .map(|c| Delivery {
-                topic: Topic::Room(c.room.clone()),
-                pos: None,
-                envelope: Envelope::Presence(c),
-            })
-            .filter(|d| self.holds(&d.topic))
-            .collect()
+        self.core.presence_deliveries(changes)
     }
 
     /// Presence of nodes that went silent, once the control tail is read.
@@ -710,7 +622,7 @@ impl Link {
         let ttl = self.settings.presence_ttl.as_millis() as i64;
         let changes = read.control.expire(now_ms(), ttl);
         drop(read);
-        self.presence_deliveries(changes)
+        self.core.presence_deliveries(changes)
     }
 
     /// The reader of one session.
@@ -722,16 +634,16 @@ impl Link {
                     Ok(m) => self.take(&shared, &consumer, &m),
                     Err(e) => {
                         debug!(cause = %e, "consumer error");
-                        self.suspect.notify_one();
+                        self.core.suspect.notify_one();
                         Vec::new()
                     }
                 },
                 _ = expire.tick() => self.expire(&shared),
             };
             for d in out {
-                self.state.deliver(d).await;
+                self.core.state.deliver(d).await;
             }
-            self.bump();
+            self.core.bump();
         }
     }
 
@@ -746,57 +658,6 @@ impl Link {
             .set("reconnect.backoff.max.ms", "1000")
             .set("log_level", "3");
         c
-    }
-
-    /// Creates the clients, the missing topics, reads the epoch and the
-    /// control topic, and assigns every held topic's partitions.
-    async fn connect(self: &Arc<Self>) -> Result<Arc<Session>, SetupError> {
-        let fail = |op: &'static str| {
-            move |e: KafkaError| SetupError::Down(BrokerError::unavailable(op, e))
-        };
-        let producer: FutureProducer<Quiet> = self
-            .client_config()
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", self.options.linger_ms.to_string())
-            .set(
-                "message.timeout.ms",
-                REQUEST_TIMEOUT.as_millis().to_string(),
-            )
-            .create_with_context(Quiet)
-            .map_err(fail("producer"))?;
-        let consumer: StreamConsumer<Quiet> = self
-            .client_config()
-            .set("group.id", format!("chatmesh-{}", rand::random::<u64>()))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", self.options.fetch_wait_ms.to_string())
-            .set(
-                "fetch.error.backoff.ms",
-                self.options.fetch_wait_ms.to_string(),
-            )
-            .create_with_context(Quiet)
-            .map_err(fail("consumer"))?;
-        let created = self.ensure_topics(&producer).await?;
-        let consumer = Arc::new(consumer);
-        let shared = Arc::new(Shared::default());
-        let reader = tokio::spawn(self.clone().read_loop(consumer.clone(), shared.clone()));
-        let session = Arc::new(Session {
-            producer,
-            consumer,
-            shared,
-            reader,
-        });
-        self.read_epoch(&session, created).await?;
-        self.read_control(&session).await?;
-        let held = self.held.read().unwrap_or_else(|p| p.into_inner()).all();
-        for topic in held {
-            for part in self.parts(&topic) {
-                self.acquire(&session, part).await?;
-            }
-        }
-        Ok(session)
     }
 
     /// Creates this namespace's missing topics and checks the partition counts
@@ -976,47 +837,113 @@ impl Link {
         ok
     }
 
-    /// Drops a session without blocking the runtime (dropping a producer
-    /// purges it and waits for librdkafka briefly).
-    async fn retire(&self) {
-        if let Some(old) = self.install(None) {
-            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
-        }
+    pub(crate) async fn close(&self) {
+        self.core.state.close();
+        self.retire().await;
+    }
+}
+
+/// Control records go through the producer, in call order.
+#[async_trait]
+impl ControlWriter for Link {
+    type Queued = (Arc<Session>, DeliveryFuture);
+
+    fn enqueue(&self, record: &Control) -> Result<Self::Queued, BrokerError> {
+        let session = self.session()?;
+        let queued = self.enqueue_control(&session, record)?;
+        Ok((session, queued))
     }
 
-    pub(crate) async fn close(&self) {
-        self.state.close();
-        self.retire().await;
+    async fn settle(&self, (session, queued): Self::Queued) -> Result<(), BrokerError> {
+        self.settle_control(&session, queued).await
+    }
+
+    async fn confirm(&self, (_, queued): Self::Queued) -> Result<(), BrokerError> {
+        Link::confirm(self, queued).await.map(|_| ())
+    }
+
+    async fn book<T, F>(&self, f: F) -> Result<T, BrokerError>
+    where
+        T: Send,
+        F: Fn(&Book) -> T + Send + Sync,
+    {
+        let session = self.session()?;
+        Link::book(self, &session, f).await
     }
 }
 
 /// The background task: connect, watch, reconnect.
 pub(crate) async fn run(link: Arc<Link>) {
-    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
-    let mut shutdown = link.state.shutdown_signal();
-    loop {
-        match link.connect().await {
-            Ok(session) => {
-                link.install(Some(session.clone()));
-                backoff.reset();
-                link.state.set_up().await;
-                watch_session(&link, &session, &mut shutdown).await;
-                drop(session);
-                link.retire().await;
-                if link.state.is_closed() {
-                    return;
-                }
-                link.state.set_down().await;
-            }
-            Err(SetupError::Down(e)) => debug!(cause = %e, "Kafka not reachable"),
-            Err(SetupError::Fatal(reason)) => {
-                error!("{reason}");
-                link.state.fail(reason).await;
-                return;
+    stream::run(link, MIN_BACKOFF, MAX_BACKOFF).await;
+}
+
+#[async_trait]
+impl Reconnect for Link {
+    type Session = Session;
+
+    fn log_link(&self) -> &LogLink<Session> {
+        &self.core
+    }
+
+    /// Creates the clients, the missing topics, reads the epoch and the
+    /// control topic, and assigns every held topic's partitions.
+    async fn connect(self: &Arc<Self>) -> Result<Arc<Session>, SetupError> {
+        let fail = |op: &'static str| {
+            move |e: KafkaError| SetupError::Down(BrokerError::unavailable(op, e))
+        };
+        let producer: FutureProducer<Quiet> = self
+            .client_config()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", self.options.linger_ms.to_string())
+            .set(
+                "message.timeout.ms",
+                REQUEST_TIMEOUT.as_millis().to_string(),
+            )
+            .create_with_context(Quiet)
+            .map_err(fail("producer"))?;
+        let consumer: StreamConsumer<Quiet> = self
+            .client_config()
+            .set("group.id", format!("chatmesh-{}", rand::random::<u64>()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", self.options.fetch_wait_ms.to_string())
+            .set(
+                "fetch.error.backoff.ms",
+                self.options.fetch_wait_ms.to_string(),
+            )
+            .create_with_context(Quiet)
+            .map_err(fail("consumer"))?;
+        let created = self.ensure_topics(&producer).await?;
+        let consumer = Arc::new(consumer);
+        let shared = Arc::new(Shared::default());
+        let reader = tokio::spawn(self.clone().read_loop(consumer.clone(), shared.clone()));
+        let session = Arc::new(Session {
+            producer,
+            consumer,
+            shared,
+            reader,
+        });
+        self.read_epoch(&session, created).await?;
+        self.read_control(&session).await?;
+        for topic in self.core.held() {
+            for part in self.parts(&topic) {
+                self.acquire(&session, part).await?;
             }
         }
-        if !backoff.wait(&mut shutdown).await {
-            return;
+        Ok(session)
+    }
+
+    async fn watch(self: &Arc<Self>, session: &Arc<Session>, shutdown: &mut watch::Receiver<bool>) {
+        watch_session(self, session, shutdown).await;
+    }
+
+    /// Drops a session without blocking the runtime (dropping a producer
+    /// purges it and waits for librdkafka briefly).
+    async fn retire(&self) {
+        if let Some(old) = self.core.install(None) {
+            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
         }
     }
 }
@@ -1026,10 +953,10 @@ async fn watch_session(link: &Link, session: &Session, shutdown: &mut watch::Rec
     loop {
         tokio::select! {
             _ = tokio::time::sleep(PROBE_EVERY) => {}
-            _ = link.suspect.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ = link.core.suspect.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
             _ = shutdown.changed() => return,
         }
-        if link.state.is_closed() || !link.probe(session).await {
+        if link.core.state.is_closed() || !link.probe(session).await {
             return;
         }
     }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chatmesh_broker::support::stream::{beats, Control, Key};
-use chatmesh_broker::support::{self, shell::event_channel, LocalPresence, Shell};
+use chatmesh_broker::support::stream::{Key, LogPresence};
+use chatmesh_broker::support::{self, shell::event_channel, Shell};
 use chatmesh_broker::{
     codec, Broker, BrokerError, BrokerEvent, BrokerSettings, Capabilities, DedupeKey,
     DirectMessage, Envelope, History, HistoryLife, HistoryQuery, NodeInfo, Pos, Presence, PubSub,
@@ -21,8 +21,8 @@ use crate::RabbitOptions;
 /// A node's RabbitMQ broker. See the crate docs for streams and guarantees.
 pub struct RabbitBroker {
     link: Arc<Link>,
-    /// This node's presence entries, which the heartbeat writes.
-    presence: LocalPresence,
+    /// This node's presence entries and the calls that write them.
+    presence: LogPresence,
     shell: Shell,
 }
 
@@ -53,7 +53,7 @@ impl RabbitBroker {
         let task = runtime.spawn(link::run(link.clone()));
         Ok(RabbitBroker {
             link,
-            presence: LocalPresence::default(),
+            presence: LogPresence::default(),
             shell: Shell::new(rx, task),
         })
     }
@@ -132,7 +132,7 @@ impl RabbitBroker {
 
 impl Drop for RabbitBroker {
     fn drop(&mut self) {
-        self.link.state.close();
+        self.link.core.state.close();
     }
 }
 
@@ -228,75 +228,27 @@ impl PubSub for RabbitBroker {
     }
 }
 
+/// Presence is the control stream's: see [`LogPresence`].
 #[async_trait]
 impl Presence for RabbitBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
-        let session = self.link.session()?;
-        let record = Control::Join {
-            node: node.into(),
-            room: room.into(),
-            user: user.into(),
-        };
-        // Handed to the publisher under the presence lock (so this node's
-        // control records keep its order), waited for after it.
-        self.presence
-            .join_queued(
-                room,
-                user,
-                node,
-                |_| self.link.enqueue_control(&session, &record),
-                |queued| self.link.settle_control(&session, queued),
-            )
-            .await
+        self.presence.join(&*self.link, room, user, node).await
     }
 
     async fn presence_leave(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
-        let record = Control::Leave {
-            node: node.into(),
-            room: room.into(),
-            user: user.into(),
-        };
-        // Gone locally whatever RabbitMQ says: the next heartbeat's entries
-        // replace this node's, which removes it if this write fails.
-        self.presence
-            .leave_queued(
-                room,
-                user,
-                node,
-                || self.link.enqueue_control(&*self.link.session()?, &record),
-                |queued| async {
-                    let session = self.link.session()?;
-                    self.link.settle_control(&session, queued).await
-                },
-            )
-            .await
+        self.presence.leave(&*self.link, room, user, node).await
     }
 
     async fn presence(&self, room: &str) -> Result<Vec<String>, BrokerError> {
-        let session = self.link.session()?;
-        self.link.book(&session, |b| b.users(room)).await
+        self.presence.users(&*self.link, room).await
     }
 
     async fn heartbeat(&self, info: &NodeInfo) -> Result<(), BrokerError> {
-        let session = self.link.session()?;
-        // Handed over under the presence lock, so a join or leave is never
-        // undone by an older copy of the entries; confirmed after it.
-        let queued: Vec<_> = {
-            let local = self.presence.lock().await;
-            beats(info, &local)
-                .iter()
-                .map(|record| self.link.enqueue_control(&session, record))
-                .collect::<Result<_, _>>()?
-        };
-        for (_, q) in queued {
-            q.confirmed().await?;
-        }
-        Ok(())
+        self.presence.heartbeat(&*self.link, info).await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
-        let session = self.link.session()?;
-        self.link.book(&session, |b| b.nodes()).await
+        self.presence.nodes(&*self.link).await
     }
 }
 
@@ -319,7 +271,7 @@ impl Broker for RabbitBroker {
     }
 
     fn is_connected(&self) -> bool {
-        self.link.state.is_connected()
+        self.link.core.state.is_connected()
     }
 
     async fn close(&self) {

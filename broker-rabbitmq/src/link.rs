@@ -32,15 +32,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use chatmesh_broker::support::stream::{
-    decode_epoch, encode_epoch, Book, Control, ControlLog, Key, Seen, Tail,
+    self, decode_epoch, encode_epoch, Book, Control, ControlLog, ControlWriter, Key, LogLink,
+    LogSession, Reconnect, Seen, SetupError, Tail,
 };
-use chatmesh_broker::support::{Backoff, Held, LinkState, Turns};
 use chatmesh_broker::{
-    codec, BrokerError, BrokerEvent, BrokerSettings, Delivery, Envelope, Pos, PresenceChange, Topic,
+    codec, BrokerError, BrokerEvent, BrokerSettings, Delivery, Envelope, Pos, Topic,
 };
 use futures_util::StreamExt;
 use lapin::options::{
@@ -49,9 +50,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use crate::error::{timed_out, unavailable};
 use crate::headers::{self, Meta, Start};
@@ -171,27 +172,18 @@ impl Drop for Session {
     }
 }
 
+impl LogSession for Session {
+    fn gone(&self) -> &AtomicBool {
+        &self.shared.gone
+    }
+}
+
 impl Session {
     fn is_alive(&self) -> bool {
         self.conn.status().connected()
             && self.publisher.is_alive()
             && self.ops.status().connected()
             && !self.queue_reader.is_finished()
-    }
-}
-
-/// Why a session could not be set up.
-enum SetupError {
-    /// RabbitMQ is unreachable or failing: retry with backoff.
-    Down(BrokerError),
-    /// This configuration cannot work with what RabbitMQ holds (streams
-    /// declared with other arguments or counts): the node stops.
-    Fatal(String),
-}
-
-impl From<BrokerError> for SetupError {
-    fn from(e: BrokerError) -> Self {
-        SetupError::Down(e)
     }
 }
 
@@ -203,14 +195,7 @@ pub(crate) struct Link {
     urls: Vec<String>,
     /// The URL the next connect tries first (rotated on failure).
     next_url: AtomicUsize,
-    pub(crate) state: LinkState,
-    session: RwLock<Option<Arc<Session>>>,
-    held: RwLock<Held>,
-    turns: Turns,
-    /// Bumped after a reader handled a record, so waiters look again.
-    progress: watch::Sender<u64>,
-    /// Something looks wrong: check now.
-    suspect: Notify,
+    pub(crate) core: LogLink<Session>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -233,37 +218,13 @@ impl Link {
             options,
             urls,
             next_url: AtomicUsize::new(0),
-            state: LinkState::new("rabbitmq", events),
-            session: RwLock::new(None),
-            held: RwLock::new(Held::default()),
-            turns: Turns::default(),
-            progress: watch::Sender::new(0),
-            suspect: Notify::new(),
+            core: LogLink::new("rabbitmq", "RabbitMQ", REQUEST_TIMEOUT, events),
         }
     }
 
     /// The live session, or `Unavailable` while the link is down.
     pub(crate) fn session(&self) -> Result<Arc<Session>, BrokerError> {
-        self.state.check_open()?;
-        let guard = self.session.read().unwrap_or_else(|p| p.into_inner());
-        guard
-            .clone()
-            .ok_or_else(|| BrokerError::Unavailable("the RabbitMQ link is down".into()))
-    }
-
-    fn install(&self, session: Option<Arc<Session>>) -> Option<Arc<Session>> {
-        let mut guard = self.session.write().unwrap_or_else(|p| p.into_inner());
-        let old = std::mem::replace(&mut *guard, session);
-        if let Some(old) = &old {
-            old.shared.gone.store(true, Ordering::Release);
-        }
-        drop(guard);
-        self.bump();
-        old
-    }
-
-    fn bump(&self) {
-        self.progress.send_modify(|n| *n = n.wrapping_add(1));
+        self.core.session()
     }
 
     /// The stream of a record key in `role`.
@@ -304,24 +265,8 @@ impl Link {
         what: &str,
         cond: impl Fn(&Read) -> Option<T>,
     ) -> Result<T, BrokerError> {
-        let mut rx = self.progress.subscribe();
-        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            if let Some(v) = cond(&session.shared.lock()) {
-                return Ok(v);
-            }
-            self.state.check_open()?;
-            if session.shared.gone.load(Ordering::Acquire) {
-                return Err(BrokerError::Unavailable(
-                    format!("{what}: the RabbitMQ link went down").into(),
-                ));
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(BrokerError::Closed),
-                Err(_) => return Err(timed_out(what)),
-            }
-        }
+        let read = || cond(&session.shared.lock());
+        self.core.wait_for(session, what, read).await
     }
 
     // ----- writing ----------------------------------------------------------
@@ -681,7 +626,7 @@ impl Link {
         ));
         read.readers.insert(part, Reader { channel, task });
         drop(read);
-        self.bump();
+        self.core.bump();
         Ok(())
     }
 
@@ -717,25 +662,13 @@ impl Link {
     /// Holds `topics`: bound to the node's queue, rooms' streams read.
     pub(crate) async fn subscribe(self: &Arc<Self>, topics: &[Topic]) -> Result<(), BrokerError> {
         let session = self.session()?;
-        for topic in topics {
-            let turn = self.turns.take(topic).await;
-            let held = self.hold(&session, topic).await;
-            self.turns.end(topic, turn);
-            held?;
-        }
-        Ok(())
-    }
-
-    /// Holds one topic (its turn taken): a no-op when held already.
-    async fn hold(self: &Arc<Self>, session: &Session, topic: &Topic) -> Result<(), BrokerError> {
-        if !self.write_held().insert(topic) {
-            return Ok(());
-        }
-        let result = self.attach(session, topic).await;
-        if result.is_err() {
-            self.write_held().remove(topic);
-        }
-        result
+        let session = &session;
+        self.core
+            .hold_each(
+                topics,
+                |topic| async move { self.attach(session, &topic).await },
+            )
+            .await
     }
 
     /// Binds a held topic and reads its stream.
@@ -781,7 +714,7 @@ impl Link {
         match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
-                self.suspect.notify_one();
+                self.core.suspect.notify_one();
                 Err(unavailable(if on { "bind" } else { "unbind" }, e))
             }
             Err(_) => Err(timed_out("bind")),
@@ -790,34 +723,16 @@ impl Link {
 
     /// Stops holding `topics`.
     pub(crate) async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
-        self.state.check_open()?;
-        for topic in topics {
-            let turn = self.turns.take(topic).await;
-            if self.write_held().remove(topic) {
-                if let Ok(session) = self.session() {
-                    let unbound = self.bind(&session, topic, false).await;
-                    if let Err(e) = unbound {
-                        debug!(cause = %e, "unbind failed");
-                    }
-                    if let Topic::Room(room) = topic {
-                        self.release(&session, self.part(Role::Rooms, room));
-                    }
-                }
+        let detach = |topic: Topic| async move {
+            let Ok(session) = self.session() else { return };
+            if let Err(e) = self.bind(&session, &topic, false).await {
+                debug!(cause = %e, "unbind failed");
             }
-            self.turns.end(topic, turn);
-        }
-        Ok(())
-    }
-
-    fn write_held(&self) -> std::sync::RwLockWriteGuard<'_, Held> {
-        self.held.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn holds(&self, topic: &Topic) -> bool {
-        self.held
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(topic)
+            if let Topic::Room(room) = &topic {
+                self.release(&session, self.part(Role::Rooms, room));
+            }
+        };
+        self.core.release_each(topics, detach).await
     }
 
     // ----- reading ------------------------------------------------------------
@@ -840,9 +755,9 @@ impl Link {
                 }
             };
             let out = self.take(&shared, part, &d);
-            self.bump();
+            self.core.bump();
             for delivery in out {
-                self.state.deliver(delivery).await;
+                self.core.state.deliver(delivery).await;
             }
             unacked += 1;
             if unacked >= ACK_EVERY {
@@ -854,7 +769,7 @@ impl Link {
                 }
             }
         }
-        self.suspect.notify_one();
+        self.core.suspect.notify_one();
     }
 
     /// What one stream record means to this node: the deliveries it causes.
@@ -885,7 +800,7 @@ impl Link {
                 }
                 let live = offset >= tail.boundary;
                 let changes = read.control.apply(offset, ts, &d.data, live);
-                self.presence_deliveries(changes)
+                self.core.presence_deliveries(changes)
             }
             Role::Meta => {
                 if tail.record(offset, ts, None, "", None) == Seen::Fresh && read.epoch.is_none() {
@@ -943,7 +858,7 @@ impl Link {
             return Vec::new();
         };
         let topic = Topic::Room(m.room.clone());
-        if !self.holds(&topic) {
+        if !self.core.holds(&topic) {
             return Vec::new();
         }
         vec![Delivery {
@@ -951,18 +866,6 @@ impl Link {
             pos: Some(Pos::new(epoch, offset as u64, 0)),
             envelope: Envelope::Message(m),
         }]
-    }
-
-    fn presence_deliveries(&self, changes: Vec<PresenceChange>) -> Vec<Delivery> {
-        changes
-            .into_iter()
-            .map(|c| Delivery {
-                topic: Topic::Room(c.room.clone()),
-                pos: None,
-                envelope: Envelope::Presence(c),
-            })
-            .filter(|d| self.holds(&d.topic))
-            .collect()
     }
 
     /// The reader of the node's own queue: unstored envelopes of held topics.
@@ -980,17 +883,17 @@ impl Link {
                 other => vec![other.topic()],
             };
             for topic in self.names.topics_of(d.routing_key.as_str(), candidates) {
-                if self.holds(&topic) {
+                if self.core.holds(&topic) {
                     let delivery = Delivery {
                         topic,
                         pos: None,
                         envelope: envelope.clone(),
                     };
-                    self.state.deliver(delivery).await;
+                    self.core.state.deliver(delivery).await;
                 }
             }
         }
-        self.suspect.notify_one();
+        self.core.suspect.notify_one();
     }
 
     /// Presence of nodes that went silent, once the control tail is read.
@@ -1006,63 +909,10 @@ impl Link {
         let ttl = self.settings.presence_ttl.as_millis() as i64;
         let changes = read.control.expire(now_ms(), ttl);
         drop(read);
-        self.presence_deliveries(changes)
+        self.core.presence_deliveries(changes)
     }
 
     // ----- connecting -----------------------------------------------------------
-
-    /// Connects and sets a session up: declarations, the node queue, the
-    /// epoch, the control stream, every held topic.
-    async fn connect(self: &Arc<Self>) -> Result<Arc<Session>, SetupError> {
-        let conn = self.open_connection().await?;
-        let ops = conn
-            .create_channel()
-            .await
-            .map_err(|e| unavailable("open a channel", e))?;
-        self.declare(&ops).await?;
-        let queue = self.declare_queue(&ops).await?;
-        let publisher = Publisher::open(&conn).await?;
-        let queue_channel = conn
-            .create_channel()
-            .await
-            .map_err(|e| unavailable("open a channel", e))?;
-        let consumer = queue_channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| unavailable("consume the node queue", e))?;
-        let shared = Arc::new(Shared {
-            epoch: AtomicU64::new(0),
-            read: Mutex::new(Read::default()),
-            gone: AtomicBool::new(false),
-            rids: format!("{:016x}-", rand::random::<u64>()),
-            counter: AtomicU64::new(0),
-        });
-        let queue_reader = tokio::spawn(self.clone().read_queue(consumer));
-        let session = Arc::new(Session {
-            conn,
-            publisher,
-            ops,
-            queue,
-            queue_reader,
-            shared,
-        });
-        self.read_epoch(&session).await?;
-        self.acquire(&session, (Role::Control, 0)).await?;
-        let held = self.held.read().unwrap_or_else(|p| p.into_inner()).all();
-        for topic in held {
-            self.attach(&session, &topic).await?;
-        }
-        Ok(session)
-    }
 
     /// Connects to the first URL that answers, starting after the last one
     /// that failed.
@@ -1207,19 +1057,8 @@ impl Link {
         Ok(())
     }
 
-    /// Drops the session and closes its connection.
-    async fn retire(&self) {
-        if let Some(old) = self.install(None) {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                old.conn.close(200, "chatmesh link reset".into()),
-            )
-            .await;
-        }
-    }
-
     pub(crate) async fn close(&self) {
-        self.state.close();
+        self.core.state.close();
         self.retire().await;
     }
 }
@@ -1233,44 +1072,112 @@ fn close_channel(channel: Channel) {
     }
 }
 
+/// Control records go through the one publisher, in call order.
+#[async_trait]
+impl ControlWriter for Link {
+    type Queued = (Arc<Session>, String, Queued);
+
+    fn enqueue(&self, record: &Control) -> Result<Self::Queued, BrokerError> {
+        let session = self.session()?;
+        let (rid, queued) = self.enqueue_control(&session, record)?;
+        Ok((session, rid, queued))
+    }
+
+    async fn settle(&self, (session, rid, queued): Self::Queued) -> Result<(), BrokerError> {
+        self.settle_control(&session, (rid, queued)).await
+    }
+
+    async fn confirm(&self, (_, _, queued): Self::Queued) -> Result<(), BrokerError> {
+        queued.confirmed().await
+    }
+
+    async fn book<T, F>(&self, f: F) -> Result<T, BrokerError>
+    where
+        T: Send,
+        F: Fn(&Book) -> T + Send + Sync,
+    {
+        let session = self.session()?;
+        Link::book(self, &session, f).await
+    }
+}
+
 /// The background task: connect, watch, reconnect.
 pub(crate) async fn run(link: Arc<Link>) {
-    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
-    let mut shutdown = link.state.shutdown_signal();
-    let mut failures = 0u32;
-    loop {
-        match link.connect().await {
-            Ok(session) => {
-                failures = 0;
-                link.install(Some(session.clone()));
-                backoff.reset();
-                link.state.set_up().await;
-                watch_session(&link, &session, &mut shutdown).await;
-                drop(session);
-                link.retire().await;
-                if link.state.is_closed() {
-                    return;
-                }
-                link.state.set_down().await;
-            }
-            Err(SetupError::Down(e)) => {
-                failures += 1;
-                // Quiet while RabbitMQ restarts; loud when it stays broken
-                // (for example a stream it reports down for good).
-                if failures % 10 == 0 {
-                    warn!(cause = %e, failures, "RabbitMQ still not usable");
-                } else {
-                    debug!(cause = %e, "RabbitMQ not usable");
-                }
-            }
-            Err(SetupError::Fatal(reason)) => {
-                error!("{reason}");
-                link.state.fail(reason).await;
-                return;
-            }
+    stream::run(link, MIN_BACKOFF, MAX_BACKOFF).await;
+}
+
+#[async_trait]
+impl Reconnect for Link {
+    type Session = Session;
+
+    fn log_link(&self) -> &LogLink<Session> {
+        &self.core
+    }
+
+    /// Connects and sets a session up: declarations, the node queue, the
+    /// epoch, the control stream, every held topic.
+    async fn connect(self: &Arc<Self>) -> Result<Arc<Session>, SetupError> {
+        let conn = self.open_connection().await?;
+        let ops = conn
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("open a channel", e))?;
+        self.declare(&ops).await?;
+        let queue = self.declare_queue(&ops).await?;
+        let publisher = Publisher::open(&conn).await?;
+        let queue_channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("open a channel", e))?;
+        let consumer = queue_channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable("consume the node queue", e))?;
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            read: Mutex::new(Read::default()),
+            gone: AtomicBool::new(false),
+            rids: format!("{:016x}-", rand::random::<u64>()),
+            counter: AtomicU64::new(0),
+        });
+        let queue_reader = tokio::spawn(self.clone().read_queue(consumer));
+        let session = Arc::new(Session {
+            conn,
+            publisher,
+            ops,
+            queue,
+            queue_reader,
+            shared,
+        });
+        self.read_epoch(&session).await?;
+        self.acquire(&session, (Role::Control, 0)).await?;
+        for topic in self.core.held() {
+            self.attach(&session, &topic).await?;
         }
-        if !backoff.wait(&mut shutdown).await {
-            return;
+        Ok(session)
+    }
+
+    async fn watch(self: &Arc<Self>, session: &Arc<Session>, shutdown: &mut watch::Receiver<bool>) {
+        watch_session(self, session, shutdown).await;
+    }
+
+    /// Drops the session and closes its connection.
+    async fn retire(&self) {
+        if let Some(old) = self.core.install(None) {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                old.conn.close(200, "chatmesh link reset".into()),
+            )
+            .await;
         }
     }
 }
@@ -1284,16 +1191,16 @@ async fn watch_session(link: &Arc<Link>, session: &Session, shutdown: &mut watch
         tokio::select! {
             _ = expire.tick() => {
                 for delivery in link.expire(&session.shared) {
-                    link.state.deliver(delivery).await;
+                    link.core.state.deliver(delivery).await;
                 }
                 link.close_idle(session, LINGER);
                 continue;
             }
             _ = check.tick() => {}
-            _ = link.suspect.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ = link.core.suspect.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
             _ = shutdown.changed() => return,
         }
-        if link.state.is_closed() || !session.is_alive() {
+        if link.core.state.is_closed() || !session.is_alive() {
             return;
         }
         if let Err(e) = link.repair(session).await {

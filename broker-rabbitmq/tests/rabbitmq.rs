@@ -47,16 +47,11 @@ async fn history_survives_a_broker_restart_with_its_positions() {
     reconnected(&mut rx, Duration::from_secs(30)).await;
     eprintln!("reconnected {:?} after the restart", restarted.elapsed());
     let h = a
-        .history(
-            "r",
-            HistoryQuery::Since {
-                pos: published[0].clone(),
-            },
-        )
+        .history("r", HistoryQuery::Since { pos: published[0] })
         .await
         .expect("history");
     assert!(h.complete, "the streams kept everything: {h:?}");
-    let pos: Vec<_> = h.messages.iter().map(|(p, _)| p.clone()).collect();
+    let pos: Vec<_> = h.messages.iter().map(|(p, _)| *p).collect();
     assert_eq!(pos, published[1..], "same epoch, same offsets");
 }
 
