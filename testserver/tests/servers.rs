@@ -3,11 +3,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chatmesh_testserver::kafka::TansuServer;
 use chatmesh_testserver::nats::{NatsCluster, NatsServer};
-use chatmesh_testserver::rabbitmq::RabbitServer;
+use chatmesh_testserver::rabbitmq::{RabbitCluster, RabbitServer};
 use chatmesh_testserver::redis::{RedisCluster, RedisServer};
 
 #[test]
@@ -99,4 +99,78 @@ fn rabbitmq_restarts_on_the_same_port_with_its_data() {
         vhosts.lines().any(|l| l == "kept"),
         "same data dir: {vhosts}"
     );
+}
+
+/// `names` sorted, to compare node lists in any order.
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names
+}
+
+#[test]
+fn rabbitmq_cluster_has_three_nodes_and_a_killed_one_rejoins() {
+    let t = Instant::now();
+    let mut c = RabbitCluster::start().expect("rabbitmq cluster starts");
+    eprintln!("rabbitmq cluster: ready in {:.1?}", t.elapsed());
+    let ports = c.ports();
+    assert_eq!(ports.len(), 3);
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("amqp://guest:guest@127.0.0.1:{p}/%2f"))
+        .collect();
+    assert_eq!(c.urls(), urls);
+    let names = c.names();
+    assert_eq!(
+        names,
+        ports
+            .iter()
+            .map(|p| format!("t{p}@localhost"))
+            .collect::<Vec<_>>()
+    );
+    for (i, &port) in ports.iter().enumerate() {
+        assert!(
+            answers_amqp(port),
+            "Connection.Start from node {i} on :{port}"
+        );
+        let pid = c.pid(i).expect("a pid");
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .map(str::to_owned)
+            });
+        eprintln!("rabbitmq cluster: node {i} {} pid {pid} {rss:?}", names[i]);
+    }
+    let status = c
+        .rabbitmqctl(0, &["cluster_status"])
+        .expect("cluster_status");
+    assert!(status.contains("Running Nodes"), "{status}");
+    let running = sorted(c.running_nodes(0).expect("running nodes"));
+    assert_eq!(running, sorted(names.clone()), "{status}");
+
+    c.kill(1);
+    assert!(c.pid(1).is_none());
+    assert!(
+        TcpStream::connect(("127.0.0.1", ports[1])).is_err(),
+        "closed"
+    );
+    let t = Instant::now();
+    let running = c.wait_running(0, 2).expect("node 0 sees node 1 go");
+    eprintln!(
+        "rabbitmq cluster: node 0 lists 2 running after {:.1?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        sorted(running),
+        sorted(vec![names[0].clone(), names[2].clone()])
+    );
+
+    let t = Instant::now();
+    c.restart(1).expect("node 1 restarts");
+    eprintln!("rabbitmq cluster: node 1 back in {:.1?}", t.elapsed());
+    assert_eq!(c.ports(), ports, "same ports");
+    assert!(answers_amqp(ports[1]), "Connection.Start after the restart");
+    let running = c.wait_running(0, 3).expect("node 0 sees node 1 back");
+    assert_eq!(sorted(running), sorted(names));
 }
