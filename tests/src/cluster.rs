@@ -36,6 +36,8 @@
 //! [`Backend::Rabbitmq`] starts one private `rabbitmq-server` (Debian's
 //! 3.10.8; its own epmd, a fresh data directory, restartable on it) through
 //! [`chatmesh_testserver::rabbitmq`]; a node's link is cut with `ss -K` too.
+//! [`Backend::RabbitmqCluster`] starts three clustered RabbitMQ nodes; node
+//! `i` gets all three URLs, server `i mod 3` first.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -47,7 +49,7 @@ use tokio::time::Instant;
 
 use chatmesh_testserver::kafka::TansuServer;
 use chatmesh_testserver::nats::{http_get, NatsCluster, NatsServer};
-use chatmesh_testserver::rabbitmq::RabbitServer;
+use chatmesh_testserver::rabbitmq::{RabbitCluster, RabbitServer};
 use chatmesh_testserver::redis::{self, client_count, RedisCluster, RedisServer};
 
 use crate::client::Client;
@@ -80,6 +82,8 @@ pub enum Backend {
     Kafka,
     /// One `rabbitmq-server`.
     Rabbitmq,
+    /// Three clustered `rabbitmq-server`s; node `i` prefers server `i mod 3`.
+    RabbitmqCluster,
     /// The nodes listed in `CHATMESH_TEST_NODES`, whatever their broker.
     External,
 }
@@ -95,6 +99,7 @@ impl Backend {
             Backend::NatsCluster => "nats_cluster",
             Backend::Kafka => "kafka",
             Backend::Rabbitmq => "rabbitmq",
+            Backend::RabbitmqCluster => "rabbitmq_cluster",
             Backend::External => "external",
         }
     }
@@ -106,7 +111,7 @@ impl Backend {
             Backend::Redis | Backend::RedisCluster => Some("redis"),
             Backend::Nats | Backend::NatsCluster => Some("nats"),
             Backend::Kafka => Some("kafka"),
-            Backend::Rabbitmq => Some("rabbitmq"),
+            Backend::Rabbitmq | Backend::RabbitmqCluster => Some("rabbitmq"),
             Backend::External => None,
         }
     }
@@ -135,6 +140,7 @@ enum BrokerProcess {
     NatsCluster(NatsCluster),
     Kafka(TansuServer),
     Rabbitmq(RabbitServer),
+    RabbitmqCluster(RabbitCluster),
 }
 
 /// One node of a cluster: a process this test owns, or an external URL.
@@ -193,6 +199,9 @@ impl Cluster {
             Backend::Rabbitmq => {
                 BrokerProcess::Rabbitmq(RabbitServer::start().context("starting rabbitmq-server")?)
             }
+            Backend::RabbitmqCluster => BrokerProcess::RabbitmqCluster(
+                RabbitCluster::start().context("starting a 3-node rabbitmq cluster")?,
+            ),
         };
         let count = if backend == Backend::Memory {
             1
@@ -283,6 +292,12 @@ impl Cluster {
                 let urls = c.urls();
                 urls.get(i % urls.len().max(1)).cloned()
             }
+            BrokerProcess::RabbitmqCluster(c) => {
+                let mut urls = c.urls();
+                let n = urls.len().max(1);
+                urls.rotate_left(i % n);
+                Some(urls.join(","))
+            }
             _ => self.broker_url(),
         };
         // NATS nodes reach their server through a proxy, so that a test can cut
@@ -343,6 +358,7 @@ impl Cluster {
             BrokerProcess::NatsCluster(c) => Some(c.url()),
             BrokerProcess::Kafka(t) => Some(t.bootstrap()),
             BrokerProcess::Rabbitmq(r) => Some(r.url()),
+            BrokerProcess::RabbitmqCluster(c) => Some(c.urls().join(",")),
         }
     }
 
@@ -525,9 +541,7 @@ impl Cluster {
     /// killed at once, never 3 s later), so the streams of a RabbitMQ cluster
     /// are given [`STREAMS_SETTLE`] before it is killed.
     pub fn kill_broker(&mut self) -> Result<()> {
-        if matches!(self.broker, BrokerProcess::Rabbitmq(_)) {
-            std::thread::sleep(STREAMS_SETTLE.saturating_sub(self.started.elapsed()));
-        }
+        self.settle_streams();
         match &mut self.broker {
             BrokerProcess::Redis(r) => r.kill(),
             BrokerProcess::Nats(n) => n.kill(),
@@ -539,6 +553,16 @@ impl Cluster {
             ),
         }
         Ok(())
+    }
+
+    /// Waits until RabbitMQ streams are old enough to survive a kill -9.
+    fn settle_streams(&self) {
+        if matches!(
+            self.broker,
+            BrokerProcess::Rabbitmq(_) | BrokerProcess::RabbitmqCluster(_)
+        ) {
+            std::thread::sleep(STREAMS_SETTLE.saturating_sub(self.started.elapsed()));
+        }
     }
 
     /// Starts the broker again on the same port (Redis: with empty data).
@@ -558,13 +582,16 @@ impl Cluster {
     /// Kills (SIGKILL) the Redis Cluster master that serves `key`'s hash slot and
     /// returns its port. The cluster's other masters keep running; the killed one
     /// is not restarted. Only for [`Backend::RedisCluster`].
-    /// Kills NATS cluster server `i` (SIGKILL). Node `j` is attached to server
-    /// `j mod 3`, so with two nodes server 2 serves no node directly.
-    pub fn kill_nats_server(&mut self, i: usize) -> Result<()> {
-        let BrokerProcess::NatsCluster(nats) = &mut self.broker else {
-            bail!("{} is not a NATS cluster backend", self.backend.name());
-        };
-        nats.kill(i);
+    /// Kills server `i` of a NATS or RabbitMQ cluster (SIGKILL). Node `j`
+    /// prefers server `j mod 3`: with two nodes server 2 serves no node
+    /// directly, server 0 serves node 0.
+    pub fn kill_broker_server(&mut self, i: usize) -> Result<()> {
+        self.settle_streams();
+        match &mut self.broker {
+            BrokerProcess::NatsCluster(nats) => nats.kill(i),
+            BrokerProcess::RabbitmqCluster(rabbit) => rabbit.kill(i),
+            _ => bail!("{} is not a cluster of servers", self.backend.name()),
+        }
         Ok(())
     }
 
@@ -630,6 +657,13 @@ impl Cluster {
             }
             BrokerProcess::Kafka(t) => return self.destroy_node_links(i, t.port()).map(Some),
             BrokerProcess::Rabbitmq(r) => return self.destroy_node_links(i, r.port()).map(Some),
+            BrokerProcess::RabbitmqCluster(c) => {
+                let mut cut = 0;
+                for port in c.ports() {
+                    cut += self.destroy_node_links(i, port)?;
+                }
+                return Ok(Some(cut));
+            }
             BrokerProcess::None => return Ok(None),
         };
         let pid = member
@@ -694,6 +728,12 @@ impl Cluster {
                 .map(Some),
             BrokerProcess::Kafka(t) => Ok(Some(vec![established_to(t.port())?])),
             BrokerProcess::Rabbitmq(r) => Ok(Some(vec![established_to(r.port())?])),
+            BrokerProcess::RabbitmqCluster(c) => c
+                .ports()
+                .into_iter()
+                .map(established_to)
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
         }
     }
 

@@ -841,7 +841,7 @@ async fn broker_down_and_back(backend: Backend) {
     match backend {
         Backend::Memory => return skip(backend, TEST, "the memory broker cannot go down"),
         Backend::RedisCluster => return cluster_master_down(backend).await,
-        Backend::NatsCluster => return nats_server_down(backend).await,
+        Backend::NatsCluster | Backend::RabbitmqCluster => return server_down(backend).await,
         _ => {}
     }
     let mut cluster = start(backend, 2).await;
@@ -953,14 +953,21 @@ async fn cluster_master_down(backend: Backend) {
 /// to): JetStream keeps its quorum, so the chat cluster goes on. A publish caught
 /// in the leader election may answer `unavailable`; the client retries it with
 /// the same `cid`, and every member still gets each message exactly once.
-async fn nats_server_down(backend: Backend) {
+async fn server_down(backend: Backend) {
     let mut cluster = start(backend, 2).await;
     let room = cluster.room();
     let (a, b) = alice_and_bob_talking(&cluster, &room).await;
     let mut members = [a, b];
 
+    // NATS: a server no node uses (its streams' leaders move). RabbitMQ:
+    // node 0's own server (node 0 moves to the next URL, stream leaders too).
+    let server = if backend == Backend::NatsCluster {
+        2
+    } else {
+        0
+    };
     cluster
-        .kill_nats_server(2)
+        .kill_broker_server(server)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let killed = Instant::now();
     // Messages each member read while its own publish waited for an answer.
@@ -1575,3 +1582,16 @@ cluster_suite!(nats, Backend::Nats);
 cluster_suite!(nats_cluster, Backend::NatsCluster);
 cluster_suite!(kafka, Backend::Kafka);
 cluster_suite!(rabbitmq, Backend::Rabbitmq);
+
+/// Three clustered RabbitMQ nodes: the suite's cross-node, order, recovery
+/// and server-down tests (the rest is the single server's: a cluster of three
+/// RabbitMQ VMs per test would add minutes to CI for the same code paths).
+mod rabbitmq_cluster {
+    use super::Backend;
+    cluster_suite!(@tests Backend::RabbitmqCluster; [doc = "One test of the cluster suite."];
+        cross_node_delivery_exactly_once,
+        per_room_order_with_concurrent_publishers,
+        recovery_on_another_node,
+        broker_down_and_back,
+    );
+}
