@@ -23,7 +23,9 @@
 //!
 //! # Faults
 //! A failed connection (RabbitMQ killed, the link cut, the server closing
-//! it), or a failed publishing, ops or queue channel, drops the session:
+//! it), a failed publishing, ops or queue channel, or an exchange that is
+//! gone (probed every [`PROBE_EVERY`]: deleting it deletes every binding,
+//! which no channel would notice) drops the session:
 //! `Disconnected`, calls fail at once with `Unavailable`, and a new session
 //! redeclares everything, reads the epoch and the control stream, and binds
 //! and reads every held topic again; then `Connected`. A stream consumer that
@@ -65,6 +67,8 @@ use crate::RabbitOptions;
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a live session is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How often the exchange is checked (see [`Link::probe`]).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How often silent nodes are expired from presence, and idle streams closed.
 const EXPIRE_EVERY: Duration = Duration::from_millis(100);
 /// How long a stream no call needs is still read.
@@ -1063,6 +1067,29 @@ impl Link {
     }
 }
 
+impl Link {
+    /// Whether the exchange still exists (an operator may delete it, and with
+    /// it every node's bindings): a passive declare, which fails on the ops
+    /// channel when it does not.
+    async fn probe(&self, session: &Session) -> Result<(), BrokerError> {
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let call = session.ops.exchange_declare(
+            self.names.exchange().as_str().into(),
+            ExchangeKind::Direct,
+            passive,
+            FieldTable::default(),
+        );
+        match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable("probe the exchange", e)),
+            Err(_) => Err(timed_out("probe the exchange")),
+        }
+    }
+}
+
 /// Closes a channel without waiting for RabbitMQ's answer.
 fn close_channel(channel: Channel) {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -1187,6 +1214,7 @@ impl Reconnect for Link {
 async fn watch_session(link: &Arc<Link>, session: &Session, shutdown: &mut watch::Receiver<bool>) {
     let mut expire = tokio::time::interval(EXPIRE_EVERY);
     let mut check = tokio::time::interval(CHECK_EVERY);
+    let mut probe = tokio::time::interval(PROBE_EVERY);
     loop {
         tokio::select! {
             _ = expire.tick() => {
@@ -1194,6 +1222,13 @@ async fn watch_session(link: &Arc<Link>, session: &Session, shutdown: &mut watch
                     link.core.state.deliver(delivery).await;
                 }
                 link.close_idle(session, LINGER);
+                continue;
+            }
+            _ = probe.tick() => {
+                if let Err(e) = link.probe(session).await {
+                    warn!(cause = %e, "the RabbitMQ exchange is gone (deleted?); setting the link up again");
+                    return;
+                }
                 continue;
             }
             _ = check.tick() => {}

@@ -93,3 +93,90 @@ async fn a_connection_the_server_closes_is_reopened_with_its_subscriptions() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_the_server_kills_take_the_link_down_and_nothing_is_missed() {
+    let server = server();
+    let s = settings(&ns("channels"), 100, TTL);
+    let (a, mut rx_a) = node(&server.url(), s.clone()).await;
+    let (b, _rx_b) = node(&server.url(), s).await;
+    a.subscribe(&[Topic::Room("r".into())])
+        .await
+        .expect("subscribed");
+    b.publish_message(msg("r", "before"), None)
+        .await
+        .expect("stored");
+    assert_eq!(
+        delivery(&mut rx_a).await.envelope.topic(),
+        Topic::Room("r".into())
+    );
+    let killed = server
+        .rabbitmqctl(&[
+            "eval",
+            "Chs = rabbit_channel:list(), [exit(C, kill) || C <- Chs], length(Chs).",
+        ])
+        .expect("kills the channels");
+    eprintln!("killed {} channels", killed.trim());
+    let mut stored = Vec::new();
+    for i in 0..50 {
+        if b.publish_message(msg("r", &format!("after-{i}")), None)
+            .await
+            .is_ok()
+        {
+            stored.push(format!("after-{i}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if stored.len() >= 3 {
+            break;
+        }
+    }
+    assert!(stored.len() >= 3, "b publishes again: {stored:?}");
+    let mut got = Vec::new();
+    while got.len() < stored.len() {
+        match delivery(&mut rx_a).await.envelope {
+            chatmesh_broker::Envelope::Message(m) => got.push(m.id),
+            _ => {}
+        }
+    }
+    assert_eq!(got, stored, "every stored message once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_exchange_is_declared_again_with_every_binding() {
+    let server = server();
+    let s = settings(&ns("exchange"), 100, TTL);
+    let (a, mut rx_a) = node(&server.url(), s.clone()).await;
+    let (b, _rx_b) = node(&server.url(), s.clone()).await;
+    a.subscribe(&[Topic::Room("r".into())])
+        .await
+        .expect("subscribed");
+    let exchange = format!("chatmesh.{}", s.namespace);
+    // Deleting the exchange deletes every node's bindings with it, and no
+    // channel of `a` notices: only its probe does.
+    let deleted = server
+        .rabbitmqctl(&[
+            "eval",
+            &format!(
+                "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"{exchange}\">>), false, <<\"test\">>)."
+            ),
+        ])
+        .expect("deletes the exchange");
+    assert_eq!(deleted.trim(), "ok", "{deleted}");
+    reconnected(&mut rx_a, Duration::from_secs(10)).await;
+    let typing = chatmesh_broker::Envelope::Signal(chatmesh_broker::Signal {
+        room: "r".into(),
+        user: "bob".into(),
+        kind: chatmesh_broker::SignalKind::Typing,
+    });
+    let mut sent = false;
+    for _ in 0..50 {
+        if b.publish_ephemeral(typing.clone()).await.is_ok() {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sent, "b publishes on the exchange again");
+    let got = delivery(&mut rx_a).await;
+    assert_eq!(got.envelope, typing, "a's binding is back");
+}
