@@ -133,9 +133,8 @@ async fn channels_the_server_kills_take_the_link_down_and_nothing_is_missed() {
     assert!(stored.len() >= 3, "b publishes again: {stored:?}");
     let mut got = Vec::new();
     while got.len() < stored.len() {
-        match delivery(&mut rx_a).await.envelope {
-            chatmesh_broker::Envelope::Message(m) => got.push(m.id),
-            _ => {}
+        if let chatmesh_broker::Envelope::Message(m) = delivery(&mut rx_a).await.envelope {
+            got.push(m.id);
         }
     }
     assert_eq!(got, stored, "every stored message once, in order");
