@@ -139,8 +139,9 @@ enum BrokerProcess {
     Nats(NatsServer),
     NatsCluster(NatsCluster),
     Kafka(TansuServer),
-    Rabbitmq(RabbitServer),
-    RabbitmqCluster(RabbitCluster),
+    // Boxed: a RabbitMQ server holds its VM, its epmd and their dirs.
+    Rabbitmq(Box<RabbitServer>),
+    RabbitmqCluster(Box<RabbitCluster>),
 }
 
 /// One node of a cluster: a process this test owns, or an external URL.
@@ -196,12 +197,12 @@ impl Cluster {
                 NatsCluster::start().context("starting a 3-server nats cluster")?,
             ),
             Backend::Kafka => BrokerProcess::Kafka(TansuServer::start().context("starting tansu")?),
-            Backend::Rabbitmq => {
-                BrokerProcess::Rabbitmq(RabbitServer::start().context("starting rabbitmq-server")?)
-            }
-            Backend::RabbitmqCluster => BrokerProcess::RabbitmqCluster(
+            Backend::Rabbitmq => BrokerProcess::Rabbitmq(Box::new(
+                RabbitServer::start().context("starting rabbitmq-server")?,
+            )),
+            Backend::RabbitmqCluster => BrokerProcess::RabbitmqCluster(Box::new(
                 RabbitCluster::start().context("starting a 3-node rabbitmq cluster")?,
-            ),
+            )),
         };
         let count = if backend == Backend::Memory {
             1
