@@ -3,7 +3,7 @@
 joins it on node 0, where it is new; right after alice's `joined`, bob
 publishes; the latency is from bob's send to alice's receipt.
 
-Usage: python3 bench/first_message.py target/debug/chatmesh [ROUNDS] [memory,redis,redis-cluster,nats,nats-cluster,kafka]
+Usage: python3 bench/first_message.py target/debug/chatmesh [ROUNDS] [memory,redis,redis-cluster,nats,nats-cluster,kafka,rabbitmq]
 Needs redis-server, redis-cli, nats-server on PATH and `pip install websockets`.
 Starts its own brokers and two nodes on free loopback ports; kills them at the end."""
 import asyncio, json, os, shutil, subprocess, sys, tempfile, time, socket, statistics
@@ -75,6 +75,27 @@ def tansu():
     spawn([binary, "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"], cwd=tempfile.mkdtemp())
     wait_port(p); return None, [f"127.0.0.1:{p}"] * 2
 
+def rabbitmq():
+    # A private RabbitMQ node (shared/BROKERS.md): its own epmd, the VM in the foreground.
+    d = tempfile.mkdtemp(); e = free_port()
+    while True:
+        p = free_port()
+        if p < 45535: break
+    open(f"{d}/enabled_plugins", "w").write("[].")
+    spawn(["epmd", "-port", str(e), "-address", "127.0.0.1"])
+    wait_port(e)
+    name = f"fm{p}@localhost"
+    env = dict(os.environ, HOME=d, ERL_EPMD_PORT=str(e), ERL_EPMD_ADDRESS="127.0.0.1", RABBITMQ_NODE_PORT=str(p),
+               RABBITMQ_NODE_IP_ADDRESS="127.0.0.1", RABBITMQ_NODENAME=name, RABBITMQ_MNESIA_BASE=f"{d}/mnesia",
+               RABBITMQ_LOG_BASE=f"{d}/log", RABBITMQ_ENABLED_PLUGINS_FILE=f"{d}/enabled_plugins",
+               RABBITMQ_ALLOW_INPUT="true", RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-noinput -kernel inet_dist_use_interface {127,0,0,1}")
+    spawn(["/usr/lib/rabbitmq/bin/rabbitmq-server"], env=env, cwd=d)
+    ctl = dict(os.environ, HOME=d, ERL_EPMD_PORT=str(e))
+    time.sleep(2)
+    subprocess.run(["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", name, "--timeout", "60", "await_startup"], env=ctl, check=True, capture_output=True)
+    url = f"amqp://guest:guest@127.0.0.1:{p}/%2f"
+    return None, [url, url]
+
 def node(kind, url, ns):
     p = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATMESH_")}
@@ -111,7 +132,7 @@ async def measure(ports):
     return lat
 
 def main():
-    setups = {"memory": lambda: (None, [None]), "redis": redis_single, "redis-cluster": redis_cluster, "nats": nats_single, "nats-cluster": nats_cluster, "kafka": tansu}
+    setups = {"memory": lambda: (None, [None]), "redis": redis_single, "redis-cluster": redis_cluster, "nats": nats_single, "nats-cluster": nats_cluster, "kafka": tansu, "rabbitmq": rabbitmq}
     which = sys.argv[3].split(",") if len(sys.argv) > 3 else list(setups)
     for name in which:
         try:

@@ -179,3 +179,35 @@ async fn a_deleted_exchange_is_declared_again_with_every_binding() {
     let got = delivery(&mut rx_a).await;
     assert_eq!(got.envelope, typing, "a's binding is back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_that_lost_its_streams_answers_old_positions_not_recovered() {
+    let mut server = server();
+    let s = settings(&ns("lost"), 100, TTL);
+    let (a, mut rx) = node(&server.url(), s).await;
+    let old = a
+        .publish_message(msg("r", "m0"), None)
+        .await
+        .expect("stored")
+        .pos
+        .expect("a position");
+    server.restart_empty().expect("restarts empty");
+    reconnected(&mut rx, Duration::from_secs(30)).await;
+    let mut new = None;
+    for _ in 0..50 {
+        if let Ok(p) = a.publish_message(msg("r", "m1"), None).await {
+            new = p.pos;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new = new.expect("a publish after the restart");
+    assert_ne!(new.epoch, old.epoch, "a new epoch: {old} then {new}");
+    let h = a
+        .history("r", HistoryQuery::Since { pos: old })
+        .await
+        .expect("history");
+    assert!(!h.complete, "what was before is gone: {h:?}");
+    assert!(h.messages.is_empty(), "no replay across epochs: {h:?}");
+    assert_eq!(h.latest, Some(new));
+}

@@ -1155,43 +1155,52 @@ async fn an_unknown_broker_kind_stops_the_node_with_a_clear_line() {
     stops_naming(Node::builder().broker("bogus", None), "broker.kind").await;
 }
 
-/// `broker.kind` names a broker of the contract that this build does not have
-/// (RabbitMQ): `--check-config` refuses it, as the start does, with one
-/// line naming the key and the kinds the binary was built with (the suite runs
-/// the default build: memory, redis, nats, kafka).
+/// A `broker.kind` that is no broker: `--check-config` refuses it, as the
+/// start does, with one line naming the key and every kind the binary was
+/// built with (the suite runs the default build, which has them all).
 #[tokio::test]
-async fn check_config_refuses_a_broker_kind_this_build_lacks() {
-    for kind in ["rabbitmq"] {
-        for args in [&["--check-config"][..], &[]] {
-            let mut builder = Node::builder().broker(kind, Some("h:9092"));
-            for arg in args {
-                builder = builder.arg(arg);
-            }
-            let exited = builder
-                .run_to_exit(Duration::from_secs(10))
-                .await
-                .expect("the node stops by itself");
-            assert!(
-                !exited.status.success(),
-                "{kind} {args:?}: exit status {}\n{}",
-                exited.status,
-                exited.stdout
-            );
-            let lines: Vec<&str> = exited.stderr.lines().collect();
-            assert_eq!(
-                lines.len(),
-                1,
-                "{kind} {args:?}: one line:\n{}",
-                exited.stderr
-            );
-            let line = lines[0];
-            assert!(
-                line.contains("broker.kind")
-                    && line.contains(&format!("`{kind}` is not built into this binary"))
-                    && line.contains("this build supports memory, redis, nats, kafka"),
-                "{kind} {args:?}: the line names broker.kind and the built kinds: {line}"
-            );
+async fn check_config_refuses_an_unknown_kind_naming_every_built_kind() {
+    for args in [&["--check-config"][..], &[]] {
+        let mut builder = Node::builder().broker("rabbit", Some("amqp://h"));
+        for arg in args {
+            builder = builder.arg(arg);
         }
+        let exited = builder
+            .run_to_exit(Duration::from_secs(10))
+            .await
+            .expect("the node stops by itself");
+        assert!(
+            !exited.status.success(),
+            "{args:?}: exit status {}\n{}",
+            exited.status,
+            exited.stdout
+        );
+        let lines: Vec<&str> = exited.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line:\n{}", exited.stderr);
+        let line = lines[0];
+        assert!(
+            line.contains("broker.kind")
+                && line.contains("`rabbit` is not a broker kind")
+                && line.contains("this build supports memory, redis, nats, kafka, rabbitmq"),
+            "{args:?}: the line names broker.kind and the built kinds: {line}"
+        );
+    }
+}
+
+/// A `broker.rabbitmq.*` value out of its range, a URL that is not `amqp://`
+/// and an `amqps://` URL (no TLS in this build) stop the start with one line
+/// naming the key.
+#[tokio::test]
+async fn bad_rabbitmq_settings_stop_the_node_with_a_clear_line() {
+    stops_naming(
+        Node::builder()
+            .broker("rabbitmq", Some("amqp://127.0.0.1:9"))
+            .env("CHATMESH_BROKER__RABBITMQ__ROOM_STREAMS", "0"),
+        "broker.rabbitmq.room_streams",
+    )
+    .await;
+    for url in ["127.0.0.1:5672", "amqps://127.0.0.1:5671"] {
+        stops_naming(Node::builder().broker("rabbitmq", Some(url)), "broker.url").await;
     }
 }
 

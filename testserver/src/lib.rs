@@ -8,7 +8,7 @@
 //!   the log tail on failure, restart on the same ports, kill on drop.
 //! - [`redis`]: `redis-server`, one server or a three-master Redis Cluster.
 //! - [`nats`]: `nats-server` with JetStream, one server or three routed servers.
-//! - [`kafka`]: tansu, a Kafka-protocol broker, for the Kafka broker to come.
+//! - [`kafka`]: tansu, a Kafka-protocol broker.
 //! - [`rabbitmq`]: `rabbitmq-server` 3.10, a private node with its own epmd,
 //!   whose durable queues and streams survive a restart, or a three-node
 //!   cluster on one epmd whose killed nodes rejoin on restart.

@@ -359,6 +359,18 @@ impl RabbitServer {
         self.vm.restart()
     }
 
+    /// Kills the VM, deletes its data (every queue, stream and exchange) and
+    /// starts it again on the same port: a RabbitMQ that lost its disk.
+    pub fn restart_empty(&mut self) -> Result<()> {
+        self.vm.kill();
+        let mnesia = self.node().dir.join("mnesia");
+        if mnesia.exists() {
+            std::fs::remove_dir_all(&mnesia)
+                .with_context(|| format!("emptying {}", mnesia.display()))?;
+        }
+        self.restart()
+    }
+
     /// Runs `rabbitmqctl` against this node (e.g. `list_connections`) and
     /// returns its stdout.
     pub fn rabbitmqctl(&self, args: &[&str]) -> Result<String> {
