@@ -1583,9 +1583,11 @@ cluster_suite!(nats_cluster, Backend::NatsCluster);
 cluster_suite!(kafka, Backend::Kafka);
 cluster_suite!(rabbitmq, Backend::Rabbitmq);
 
-/// Three clustered RabbitMQ nodes: the suite's cross-node, order, recovery
-/// and server-down tests (the rest is the single server's: a cluster of three
-/// RabbitMQ VMs per test would add minutes to CI for the same code paths).
+/// Three clustered RabbitMQ nodes, the nodes on different servers: the
+/// suite's cross-node, order, recovery and server-down tests, and the two
+/// that need a binding made on one server to route on another at once (the
+/// rest is the single server's: a cluster of three RabbitMQ VMs per test would
+/// add minutes to CI for the same code paths).
 mod rabbitmq_cluster {
     use super::Backend;
     cluster_suite!(@tests Backend::RabbitmqCluster; [doc = "One test of the cluster suite."];
@@ -1593,5 +1595,7 @@ mod rabbitmq_cluster {
         per_room_order_with_concurrent_publishers,
         recovery_on_another_node,
         broker_down_and_back,
+        typing_and_read_relayed_across_nodes,
+        a_direct_right_after_a_users_hello_arrives,
     );
 }
