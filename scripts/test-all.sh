@@ -53,6 +53,15 @@ fi
 # A user install (no root) puts nats-server in the user base's bin.
 PATH="$PATH:$(python3 -m site --user-base)/bin"
 export PATH
+# Fuzzing (scripts/fuzz.sh): libFuzzer through cargo-fuzz needs a nightly toolchain.
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  log "installing the nightly toolchain (for the fuzz targets)"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  log "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
 for component in rustfmt clippy; do
   cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$component"
 done
@@ -84,3 +93,6 @@ export CHATMESH_BIN="$PWD/target/debug/chatmesh"
 
 log "rust tests"
 cargo test --workspace --no-fail-fast -- --test-threads="${CHATMESH_TEST_THREADS:-4}"
+
+log "fuzz targets (${CHATMESH_FUZZ_SECS:-20} s each, at once)"
+./scripts/fuzz.sh "${CHATMESH_FUZZ_SECS:-20}"
