@@ -872,7 +872,7 @@ impl ControlWriter for Link {
     }
 }
 
-/// The background task: connect, watch, reconnect.
+/// The background task: connect, watch, reconnect (see [`stream::run`]).
 pub(crate) async fn run(link: Arc<Link>) {
     stream::run(link, MIN_BACKOFF, MAX_BACKOFF).await;
 }

@@ -444,9 +444,11 @@ impl Link {
     ) -> Result<(), BrokerError> {
         let open = {
             let mut read = session.shared.lock();
-            *read.refs.entry(part).or_insert(0) += 1;
+            let refs = read.refs.entry(part).or_insert(0);
+            *refs += 1;
+            let first = *refs == 1;
             read.idle.remove(&part);
-            !read.readers.contains_key(&part) && read.refs[&part] == 1
+            first && !read.readers.contains_key(&part)
         };
         let opened = if open {
             self.open(session, part).await
@@ -1128,7 +1130,7 @@ impl ControlWriter for Link {
     }
 }
 
-/// The background task: connect, watch, reconnect.
+/// The background task: connect, watch, reconnect (see [`stream::run`]).
 pub(crate) async fn run(link: Arc<Link>) {
     stream::run(link, MIN_BACKOFF, MAX_BACKOFF).await;
 }
