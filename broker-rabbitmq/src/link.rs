@@ -23,9 +23,11 @@
 //!
 //! # Faults
 //! A failed connection (RabbitMQ killed, the link cut, the server closing
-//! it), a failed publishing, ops or queue channel, or an exchange that is
-//! gone (probed every [`PROBE_EVERY`]: deleting it deletes every binding,
-//! which no channel would notice) drops the session:
+//! it), a failed publishing, ops or queue channel, or bindings that are
+//! gone (probed every [`PROBE_EVERY`] with a mandatory record to the
+//! session's own key: deleting the exchange deletes every binding, which no
+//! channel would notice, and another node may declare it again at once)
+//! drops the session:
 //! `Disconnected`, calls fail at once with `Unavailable`, and a new session
 //! redeclares everything, reads the epoch and the control stream, and binds
 //! and reads every held topic again; then `Connected`. A stream consumer that
@@ -690,7 +692,11 @@ impl Link {
     }
 
     async fn bind(&self, session: &Session, topic: &Topic, on: bool) -> Result<(), BrokerError> {
-        let key = self.names.key(topic);
+        self.bind_key(session, &self.names.key(topic), on).await
+    }
+
+    /// Binds (or unbinds) the node's queue to `key` on the exchange.
+    async fn bind_key(&self, session: &Session, key: &str, on: bool) -> Result<(), BrokerError> {
         let exchange = self.names.exchange();
         let queue = session.queue.as_str();
         let call = async {
@@ -700,7 +706,7 @@ impl Link {
                     .queue_bind(
                         queue.into(),
                         exchange.as_str().into(),
-                        key.as_str().into(),
+                        key.into(),
                         QueueBindOptions::default(),
                         FieldTable::default(),
                     )
@@ -711,7 +717,7 @@ impl Link {
                     .queue_unbind(
                         queue.into(),
                         exchange.as_str().into(),
-                        key.as_str().into(),
+                        key.into(),
                         FieldTable::default(),
                     )
                     .await
@@ -878,6 +884,9 @@ impl Link {
     async fn read_queue(self: Arc<Self>, mut consumer: lapin::Consumer) {
         while let Some(d) = consumer.next().await {
             let Ok(d) = d else { break };
+            if Names::is_probe(d.routing_key.as_str()) {
+                continue;
+            }
             metrics::counter!("chatmesh_rabbitmq_records_read_total", "stream" => "queue")
                 .increment(1);
             let Ok(envelope) = codec::decode(&d.data) else {
@@ -1070,10 +1079,28 @@ impl Link {
 }
 
 impl Link {
-    /// Whether the exchange still exists (an operator may delete it, and with
-    /// it every node's bindings): a passive declare, which fails on the ops
-    /// channel when it does not.
+    /// Whether the node's bindings still exist: an operator may delete the
+    /// exchange, and with it every binding. The exchange existing is not
+    /// enough (another node may have declared it again already), so after a
+    /// passive declare the node publishes an empty mandatory record to its
+    /// own probe key, which RabbitMQ returns when nothing is bound to it.
     async fn probe(&self, session: &Session) -> Result<(), BrokerError> {
+        self.probe_exchange(session).await?;
+        session
+            .publisher
+            .enqueue(
+                &self.names.exchange(),
+                &Names::probe_key(&session.queue),
+                Vec::new(),
+                lapin::BasicProperties::default(),
+                true,
+            )?
+            .confirmed()
+            .await
+    }
+
+    /// Fails when the exchange is gone: a passive declare on the ops channel.
+    async fn probe_exchange(&self, session: &Session) -> Result<(), BrokerError> {
         let passive = ExchangeDeclareOptions {
             passive: true,
             ..ExchangeDeclareOptions::default()
@@ -1187,6 +1214,8 @@ impl Reconnect for Link {
             queue_reader,
             shared,
         });
+        self.bind_key(&session, &Names::probe_key(&session.queue), true)
+            .await?;
         self.read_epoch(&session).await?;
         self.acquire(&session, (Role::Control, 0)).await?;
         for topic in self.core.held() {
@@ -1228,7 +1257,7 @@ async fn watch_session(link: &Arc<Link>, session: &Session, shutdown: &mut watch
             }
             _ = probe.tick() => {
                 if let Err(e) = link.probe(session).await {
-                    warn!(cause = %e, "the RabbitMQ exchange is gone (deleted?); setting the link up again");
+                    warn!(cause = %e, "the RabbitMQ exchange or this node's bindings are gone (deleted?); setting the link up again");
                     return;
                 }
                 continue;

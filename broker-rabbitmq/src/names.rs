@@ -94,6 +94,18 @@ impl Names {
         }
     }
 
+    /// The routing key a session binds its own `queue` to, to check that its
+    /// bindings still exist ([`crate::link`]'s probe). `p.` never starts a
+    /// topic's key.
+    pub(crate) fn probe_key(queue: &str) -> String {
+        format!("p.{queue}")
+    }
+
+    /// Whether a routing key is a probe's.
+    pub(crate) fn is_probe(key: &str) -> bool {
+        key.starts_with("p.")
+    }
+
     /// The topics among `candidates` whose routing key is `key`.
     pub(crate) fn topics_of(&self, key: &str, candidates: Vec<Topic>) -> Vec<Topic> {
         let mut found: Vec<Topic> = candidates
