@@ -54,6 +54,7 @@ use chatmesh_broker::support::stream::{
     self, decode_epoch, encode_epoch, Book, Control, ControlLog, ControlWriter, Key, LogLink,
     LogSession, Reconnect, Seen, SetupError, Tail, CID_HEADER, USER_HEADER,
 };
+use chatmesh_broker::support::OffThread;
 
 /// How long one request (a produce, a metadata or watermark request, reading
 /// a tail up to date) may take before it fails with `Unavailable`.
@@ -106,8 +107,11 @@ impl Shared {
 
 /// Everything a call needs from one set of live clients.
 pub(crate) struct Session {
-    pub(crate) producer: FutureProducer<Quiet>,
-    consumer: Arc<StreamConsumer<Quiet>>,
+    /// Dropping a producer or consumer joins librdkafka's threads and can
+    /// take seconds; the last holder of a session may be a publish on a
+    /// node's event loop.
+    pub(crate) producer: OffThread<FutureProducer<Quiet>>,
+    consumer: OffThread<Arc<StreamConsumer<Quiet>>>,
     pub(crate) shared: Arc<Shared>,
     reader: JoinHandle<()>,
 }
@@ -920,8 +924,8 @@ impl Reconnect for Link {
         let shared = Arc::new(Shared::default());
         let reader = tokio::spawn(self.clone().read_loop(consumer.clone(), shared.clone()));
         let session = Arc::new(Session {
-            producer,
-            consumer,
+            producer: OffThread::new(producer),
+            consumer: OffThread::new(consumer),
             shared,
             reader,
         });

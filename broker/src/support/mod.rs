@@ -12,6 +12,8 @@
 //! - [`held`]: [`Held`], the topics a node holds, and [`Turns`], one
 //!   subscribe or unsubscribe at a time per topic.
 //! - [`config`]: [`ConfigError`] and [`split_urls`], the checks of `broker.url`.
+//! - [`off_thread`]: [`OffThread`], a client whose drop may block, dropped
+//!   on a thread of its own.
 //! - [`stream`]: what brokers on a partitioned log share (Kafka, RabbitMQ
 //!   streams): the per-partition tail (history, recovery, dedupe by log
 //!   order), presence derived from a control partition, its records.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod held;
 pub mod link;
 pub mod names;
+pub mod off_thread;
 pub mod presence;
 pub mod shell;
 pub mod stream;
@@ -28,5 +31,6 @@ pub use config::{in_range, runtime, split_urls, ConfigError};
 pub use held::{Held, Turns};
 pub use link::{Backoff, LinkState};
 pub use names::NameCodec;
+pub use off_thread::OffThread;
 pub use presence::{Entries, LocalPresence};
 pub use shell::Shell;
