@@ -72,6 +72,9 @@ pub enum Backend {
     Memory,
     /// One `redis-server`.
     Redis,
+    /// One `redis-server` with an append-only file synced on every write,
+    /// kept when it restarts (the chaos matrix's durable Redis).
+    RedisDurable,
     /// A three-master Redis Cluster (sharded pub/sub).
     RedisCluster,
     /// One `nats-server` with JetStream.
@@ -94,6 +97,7 @@ impl Backend {
         match self {
             Backend::Memory => "memory",
             Backend::Redis => "redis",
+            Backend::RedisDurable => "redis_aof",
             Backend::RedisCluster => "redis_cluster",
             Backend::Nats => "nats",
             Backend::NatsCluster => "nats_cluster",
@@ -108,7 +112,7 @@ impl Backend {
     pub fn kind(self) -> Option<&'static str> {
         match self {
             Backend::Memory => Some("memory"),
-            Backend::Redis | Backend::RedisCluster => Some("redis"),
+            Backend::Redis | Backend::RedisDurable | Backend::RedisCluster => Some("redis"),
             Backend::Nats | Backend::NatsCluster => Some("nats"),
             Backend::Kafka => Some("kafka"),
             Backend::Rabbitmq | Backend::RabbitmqCluster => Some("rabbitmq"),
@@ -187,6 +191,9 @@ impl Cluster {
             Backend::Redis => {
                 BrokerProcess::Redis(RedisServer::start().context("starting redis-server")?)
             }
+            Backend::RedisDurable => BrokerProcess::Redis(
+                RedisServer::start_durable().context("starting a durable redis-server")?,
+            ),
             Backend::RedisCluster => BrokerProcess::RedisCluster(
                 RedisCluster::start().context("starting a 3-master redis cluster")?,
             ),
@@ -501,6 +508,18 @@ impl Cluster {
             .ok_or_else(|| anyhow!("GET /api/v1/nodes: no nodes array in {body}"))
     }
 
+    /// The last lines of node `i`'s log, with its exit status if it exited
+    /// (`None` in external mode).
+    pub fn node_log_tail(&mut self, i: usize) -> Option<String> {
+        let index = self.index(i);
+        let node = self.members[index].process.as_mut()?;
+        let status = match node.try_exit() {
+            Some(status) => format!("exited: {status}"),
+            None => "running".to_owned(),
+        };
+        Some(format!("{status}\n{}", node.log_tail()))
+    }
+
     /// Kills node `i` with SIGKILL (no graceful shutdown). Not in external mode.
     pub fn kill_node(&mut self, i: usize) -> Result<()> {
         let index = self.index(i);
@@ -566,7 +585,8 @@ impl Cluster {
         }
     }
 
-    /// Starts the broker again on the same port (Redis: with empty data).
+    /// Starts the broker again on the same port (Redis: with empty data,
+    /// unless durable).
     pub fn restart_broker(&mut self) -> Result<()> {
         match &mut self.broker {
             BrokerProcess::Redis(r) => r.restart(),
@@ -580,10 +600,7 @@ impl Cluster {
         }
     }
 
-    /// Kills (SIGKILL) the Redis Cluster master that serves `key`'s hash slot and
-    /// returns its port. The cluster's other masters keep running; the killed one
-    /// is not restarted. Only for [`Backend::RedisCluster`].
-    /// Kills server `i` of a NATS or RabbitMQ cluster (SIGKILL). Node `j`
+    /// Kills server `i` of a NATS, RabbitMQ or Redis cluster (SIGKILL). Node `j`
     /// prefers server `j mod 3`: with two nodes server 2 serves no node
     /// directly, server 0 serves node 0.
     pub fn kill_broker_server(&mut self, i: usize) -> Result<()> {
@@ -591,11 +608,55 @@ impl Cluster {
         match &mut self.broker {
             BrokerProcess::NatsCluster(nats) => nats.kill(i),
             BrokerProcess::RabbitmqCluster(rabbit) => rabbit.kill(i),
+            BrokerProcess::RedisCluster(redis) => redis.kill(i),
             _ => bail!("{} is not a cluster of servers", self.backend.name()),
         }
         Ok(())
     }
 
+    /// Starts server `i` of a broker cluster again after
+    /// [`Cluster::kill_broker_server`] (a Redis Cluster master: with empty
+    /// data) and waits until the cluster has it back.
+    pub fn restart_broker_server(&mut self, i: usize) -> Result<()> {
+        match &mut self.broker {
+            BrokerProcess::NatsCluster(nats) => nats.restart(i),
+            BrokerProcess::RabbitmqCluster(rabbit) => rabbit.restart(i),
+            BrokerProcess::RedisCluster(redis) => redis.restart(i),
+            _ => bail!("{} is not a cluster of servers", self.backend.name()),
+        }
+    }
+
+    /// Freezes node `i` (SIGSTOP) until [`Cluster::resume_node`]: its sockets
+    /// stay open and silent, as with a long GC pause or a stalled VM.
+    pub fn pause_node(&self, i: usize) -> Result<()> {
+        self.signal_node(i, "-STOP")
+    }
+
+    /// Lets node `i` run again after [`Cluster::pause_node`] (SIGCONT).
+    pub fn resume_node(&self, i: usize) -> Result<()> {
+        self.signal_node(i, "-CONT")
+    }
+
+    fn signal_node(&self, i: usize, signal: &str) -> Result<()> {
+        let index = self.index(i);
+        let pid = self.members[index]
+            .process
+            .as_ref()
+            .ok_or_else(|| anyhow!("node {index} is external: the suite cannot signal it"))?
+            .pid();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill {signal} {pid} (node {index}) failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// Kills (SIGKILL) the Redis Cluster master that serves `key`'s hash slot and
+    /// returns its port. The cluster's other masters keep running; the killed one
+    /// is not restarted. Only for [`Backend::RedisCluster`].
     pub fn kill_cluster_master_owning(&mut self, key: &str) -> Result<u16> {
         let BrokerProcess::RedisCluster(redis) = &self.broker else {
             bail!("{} is not a Redis Cluster backend", self.backend.name());

@@ -15,7 +15,10 @@
 //! the `chatmesh-testserver` crate, which the broker crates' tests and the bench
 //! use too.
 //! - [`proxy`]: a TCP proxy that can cut one node's broker link.
+//! - [`chaos`]: the chaos runner (faults injected while careful clients
+//!   publish, then every client's view checked), behind the `chaos` binary.
 
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod node;

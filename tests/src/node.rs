@@ -383,6 +383,11 @@ impl Node {
         Ok(())
     }
 
+    /// The exit status if the process has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits up to `timeout` for the process to exit; its status, or `None` if it
     /// is still running.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {

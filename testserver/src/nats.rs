@@ -329,6 +329,16 @@ impl NatsCluster {
         }
     }
 
+    /// Starts server `i` again on its ports with its JetStream store; returns
+    /// once it is healthy and routed to the others again.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        let proc = self
+            .procs
+            .get_mut(i)
+            .with_context(|| format!("the nats cluster has no server {i}"))?;
+        proc.restart()
+    }
+
     /// All servers, comma-joined (what `broker.url` takes).
     pub fn url(&self) -> String {
         self.urls().join(",")

@@ -107,6 +107,20 @@ impl RedisServer {
         OneServer::start(|dir, port| spec(dir, port, &[])).map(RedisServer)
     }
 
+    /// Like [`RedisServer::start`], but durable: an append-only file synced
+    /// on every write (`appendfsync always`) and kept across
+    /// [`OneServer::restart`], so a kill -9 loses nothing Redis answered.
+    pub fn start_durable() -> Result<RedisServer> {
+        let durable: Vec<String> = ["--appendonly", "yes", "--appendfsync", "always"]
+            .map(String::from)
+            .to_vec();
+        OneServer::start(|dir, port| Spec {
+            wipe_data: false,
+            ..spec(dir, port, &durable)
+        })
+        .map(RedisServer)
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port())
@@ -210,6 +224,26 @@ impl RedisCluster {
 
     pub fn ports(&self) -> Vec<u16> {
         self.procs.iter().map(Process::port).collect()
+    }
+
+    /// Kills master `i` (SIGKILL); its slots are down until
+    /// [`RedisCluster::restart`].
+    pub fn kill(&mut self, i: usize) {
+        if let Some(proc) = self.procs.get_mut(i) {
+            proc.kill();
+        }
+    }
+
+    /// Starts master `i` again on its port with empty data; it keeps its
+    /// nodes file, so it takes its slots back. Returns once every master says
+    /// `cluster_state:ok`.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        let proc = self
+            .procs
+            .get_mut(i)
+            .with_context(|| format!("the redis cluster has no master {i}"))?;
+        proc.restart()?;
+        self.wait_ok()
     }
 }
 
