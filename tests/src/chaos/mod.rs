@@ -117,7 +117,6 @@ pub async fn run(s: &Scenario) -> Result<Outcome> {
     let env = [
         ("CHATMESH_PRESENCE__TTL_MS", ttl.as_str()),
         ("CHATMESH_HISTORY__SIZE", "20000"),
-        ("CHATMESH_LIMITS__OUTBOUND_BYTES", "65536"),
         ("CHATMESH_WS__HEARTBEAT_MS", "1000"),
         ("CHATMESH_WS__IDLE_TIMEOUT_MS", "10000"),
         ("CHATMESH_SHUTDOWN__TIMEOUT_MS", "3000"),
