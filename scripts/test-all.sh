@@ -66,6 +66,16 @@ if [ "$have_nightly" = 1 ] && ! command -v cargo-fuzz >/dev/null 2>&1; then
   log "installing cargo-fuzz"
   cargo install cargo-fuzz --locked
 fi
+# Supply-chain checks (deny.toml) with cargo-deny from crates.io; cargo-audit
+# is installed below only where the advisory database can be fetched (without
+# it, it checks nothing and takes minutes to build).
+cargo_get() { # TOOL
+  if ! command -v "$1" >/dev/null 2>&1; then
+    log "installing $1"
+    cargo install "$1" --locked
+  fi
+}
+cargo_get cargo-deny
 for component in rustfmt clippy; do
   cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$component"
 done
@@ -87,6 +97,21 @@ cargo build --workspace --all-targets
 
 log "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+# Licenses, bans and sources need only the lock file and crates.io. The
+# advisories need the RustSec database, a git clone that some machines cannot
+# make: there they are reported as not checked, in a line of their own, and
+# the run goes on.
+log "supply chain: cargo deny (licenses, bans, sources)"
+cargo deny --log-level error check licenses bans sources
+if advisory_error=$(cargo deny --log-level error fetch db 2>&1); then
+  log "supply chain: advisories (cargo deny, cargo audit)"
+  cargo deny --log-level error check advisories
+  cargo_get cargo-audit
+  cargo audit
+else
+  log "supply chain: advisories NOT CHECKED: the RustSec advisory database cannot be fetched here ($(printf '%s' "$advisory_error" | tr '\n' ' ' | cut -c1-200))"
+fi
 
 log "compose files"
 ./scripts/check-compose.sh

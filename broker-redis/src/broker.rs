@@ -50,11 +50,7 @@ impl RedisBroker {
     pub fn new(url: &str, settings: BrokerSettings) -> Result<RedisBroker, RedisConfigError> {
         let runtime = support::runtime(BROKER)?;
         let urls = support::split_urls(url, BROKER, URL_FORMS, check_url)?;
-        let bad = |url: &str, e: redis::RedisError| RedisConfigError::BadUrl {
-            broker: BROKER,
-            url: url.to_owned(),
-            reason: e.to_string(),
-        };
+        let bad = |url: &str, e: redis::RedisError| support::bad_url(BROKER, url, &e.to_string());
         let cluster = urls.len() > 1;
         let names = Names::new(&settings.namespace);
         let (tx, rx) = event_channel();

@@ -105,7 +105,8 @@ fn bad(message: impl AsRef<str>) -> ApiError {
     ApiError::new(ErrorCode::BadRequest, message.as_ref())
 }
 
-/// Reads a JSON body of at most `limits.max_frame` bytes.
+/// Reads a JSON body of at most `limits.max_frame` bytes and
+/// [`rules::MAX_DEPTH`] levels.
 async fn json_body<T: serde::de::DeserializeOwned>(
     mut payload: web::Payload,
     ctx: &Ctx,
@@ -117,6 +118,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
         rules::body(bytes.len() + chunk.len(), max)?;
         bytes.extend_from_slice(&chunk);
     }
+    rules::depth(&bytes)?;
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("body is not the expected JSON: {e}")))
 }
 

@@ -204,6 +204,10 @@ pub struct LimitsConfig {
     pub max_rooms_per_connection: usize,
     /// WebSocket connections this node accepts; beyond it upgrades get 503.
     pub max_connections: usize,
+    /// Upgrades one client address may attempt per second; 0 = no limit.
+    pub connections_per_ip_per_sec: f64,
+    /// Upgrades one client address may attempt at once before the rate applies.
+    pub connections_per_ip_burst: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,6 +216,10 @@ pub struct WsConfig {
     pub heartbeat_ms: u64,
     /// A client silent for this long (no frame, no pong) is closed.
     pub idle_timeout_ms: u64,
+    /// Browser origins allowed to upgrade (`https://chat.example.com`); empty =
+    /// any. An upgrade without an `Origin` header (not a browser) is allowed.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -290,10 +298,13 @@ impl Default for Config {
                 max_frame: 65_536,
                 max_rooms_per_connection: 1000,
                 max_connections: 100_000,
+                connections_per_ip_per_sec: 0.0,
+                connections_per_ip_burst: 20.0,
             },
             ws: WsConfig {
                 heartbeat_ms: 25_000,
                 idle_timeout_ms: 60_000,
+                allowed_origins: Vec::new(),
             },
             shutdown: ShutdownConfig { timeout_ms: 10_000 },
             log: LogConfig {
@@ -304,7 +315,8 @@ impl Default for Config {
     }
 }
 
-/// `api.keys` comes as a TOML list or, from the environment, as `a,b,c`.
+/// `api.keys` and `ws.allowed_origins` come as a TOML list or, from the
+/// environment, as `a,b,c`.
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -430,7 +442,83 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let per_ip = self.limits.connections_per_ip_per_sec;
+        if !(per_ip.is_finite() && per_ip >= 0.0) {
+            return Err(ConfigError::new(
+                "limits.connections_per_ip_per_sec",
+                "must be 0 (no limit) or greater",
+            ));
+        }
+        let burst = self.limits.connections_per_ip_burst;
+        if !(burst.is_finite() && burst >= 1.0) {
+            return Err(ConfigError::new(
+                "limits.connections_per_ip_burst",
+                "must be at least 1",
+            ));
+        }
+        for origin in &self.ws.allowed_origins {
+            check_origin(origin)?;
+        }
         Ok(())
+    }
+
+    /// This config as `--check-config` prints it: every secret (the JWT
+    /// secret, each API key, the password or token of each broker URL)
+    /// replaced by `***`, so the output can be pasted into a ticket.
+    pub fn redacted(&self) -> Config {
+        use chatmesh_broker::support::{redact_url, REDACTED};
+        let mut shown = self.clone();
+        if !shown.auth.jwt_secret.is_empty() {
+            shown.auth.jwt_secret = REDACTED.into();
+        }
+        for key in &mut shown.api.keys {
+            *key = REDACTED.into();
+        }
+        shown.broker.url = redact_url(&shown.broker.url);
+        shown
+    }
+
+    /// Every secret of this config, as text that must never be logged: the
+    /// ones [`Config::redacted`] hides, with each broker password also
+    /// percent-decoded (see [`crate::redact`]).
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = chatmesh_broker::support::url_secrets(&self.broker.url);
+        secrets.extend(self.api.keys.iter().cloned());
+        secrets.push(self.auth.jwt_secret.clone());
+        secrets.retain(|s| !s.is_empty());
+        secrets
+    }
+
+    /// Whether a browser's `Origin` may upgrade (`ws.allowed_origins`).
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        let list = &self.ws.allowed_origins;
+        list.is_empty()
+            || list
+                .iter()
+                .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    }
+}
+
+/// An entry of `ws.allowed_origins` is an origin as browsers send it:
+/// `scheme://host[:port]`, nothing after it (a trailing `/` is tolerated).
+fn check_origin(origin: &str) -> Result<(), ConfigError> {
+    let ok = origin.split_once("://").is_some_and(|(scheme, host)| {
+        let host = host.strip_suffix('/').unwrap_or(host);
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            && !host.is_empty()
+            && !host.contains(['/', '?', '#', '@'])
+            && !host.chars().any(char::is_whitespace)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "ws.allowed_origins",
+            format!("`{origin}` is not an origin like https://chat.example.com"),
+        ))
     }
 }
 
@@ -563,6 +651,22 @@ mod tests {
                 &[("CHATMESH_CLUSTER__NAMESPACE", "a b")],
                 "cluster.namespace",
             ),
+            (
+                &[("CHATMESH_LIMITS__CONNECTIONS_PER_IP_PER_SEC", "-1")],
+                "limits.connections_per_ip_per_sec",
+            ),
+            (
+                &[("CHATMESH_LIMITS__CONNECTIONS_PER_IP_BURST", "0.5")],
+                "limits.connections_per_ip_burst",
+            ),
+            (
+                &[("CHATMESH_WS__ALLOWED_ORIGINS", "https://a.example/path")],
+                "ws.allowed_origins",
+            ),
+            (
+                &[("CHATMESH_WS__ALLOWED_ORIGINS", "chat.example.com")],
+                "ws.allowed_origins",
+            ),
         ];
         for (vars, key) in cases {
             let err = load_with(vars, None).expect_err("must fail");
@@ -570,6 +674,61 @@ mod tests {
             assert!(line.contains(key), "{line:?} does not name {key}");
             assert!(!line.contains('\n'), "{line:?} is not one line");
         }
+    }
+
+    #[test]
+    fn origins_come_as_a_list_and_compare_without_case_or_trailing_slash() {
+        let c = load_with(&[], None).expect("defaults");
+        assert!(c.ws.allowed_origins.is_empty());
+        assert!(c.origin_allowed("https://anything.example"));
+        let c = load_with(
+            &[(
+                "CHATMESH_WS__ALLOWED_ORIGINS",
+                "https://chat.example.com/, http://localhost:8080",
+            )],
+            None,
+        )
+        .expect("loads");
+        assert!(c.origin_allowed("https://chat.example.com"));
+        assert!(c.origin_allowed("HTTPS://Chat.Example.com"));
+        assert!(c.origin_allowed("http://localhost:8080"));
+        assert!(!c.origin_allowed("http://localhost:8081"));
+        assert!(!c.origin_allowed("https://chat.example.com.evil.example"));
+        assert!(!c.origin_allowed("null"));
+    }
+
+    #[test]
+    fn the_redacted_config_shows_no_secret() {
+        let c = load_with(
+            &[
+                ("CHATMESH_AUTH__MODE", "jwt"),
+                ("CHATMESH_AUTH__JWT_SECRET", "jwt-s3cret"),
+                ("CHATMESH_API__KEYS", "key-one,key-two"),
+                ("CHATMESH_BROKER__KIND", "redis"),
+                (
+                    "CHATMESH_BROKER__URL",
+                    "redis://u:redis-pw@h:1,redis://:pw2@h:2",
+                ),
+            ],
+            None,
+        )
+        .expect("loads");
+        let shown = serde_json::to_string(&c.redacted()).expect("serializes");
+        for secret in ["jwt-s3cret", "key-one", "key-two", "redis-pw", "pw2"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("redis://u:***@h:1,redis://:***@h:2"),
+            "{shown}"
+        );
+        // The config itself keeps them.
+        assert_eq!(c.auth.jwt_secret, "jwt-s3cret");
+        let mut secrets = c.secrets();
+        secrets.sort();
+        assert_eq!(
+            secrets,
+            ["jwt-s3cret", "key-one", "key-two", "pw2", "redis-pw"]
+        );
     }
 
     #[test]

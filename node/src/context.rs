@@ -34,6 +34,9 @@ pub struct NodeContext {
     pub metrics: Option<PrometheusHandle>,
     /// Publish limits of the HTTP API, per sender.
     pub http_limits: KeyedBuckets,
+    /// Upgrade attempts per client address; `None` when
+    /// `limits.connections_per_ip_per_sec` is 0.
+    pub upgrade_limits: Option<KeyedBuckets>,
     /// Live rooms and their presence updates in flight; the drain waits for it.
     pub tasks: TaskTracker,
 }

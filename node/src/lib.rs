@@ -16,8 +16,9 @@
 //! - [`protocol`]: client and server frames, error and close codes.
 //! - [`outbox`]: the bounded per-connection send queue and its socket writer.
 //! - [`brokers`]: building the configured broker.
-//! - [`limiter`]: the per-connection token bucket.
+//! - [`limiter`]: token buckets (connections, HTTP senders, upgrades per address).
 //! - [`metrics`]: metric names.
+//! - [`redact`]: the log writer that replaces secrets.
 //! - [`compose`]: stamping new messages with id and time.
 //! - [`context`], [`ids`]: shared node state; ids and clocks.
 
@@ -34,5 +35,6 @@ pub mod limiter;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod redact;
 pub mod server;
 pub mod ws;

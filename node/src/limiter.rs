@@ -1,5 +1,6 @@
-//! Token buckets: one per WebSocket connection, and one per sender for the
-//! HTTP API (where there is no connection to hang a bucket on).
+//! Token buckets: one per WebSocket connection, one per sender for the HTTP
+//! API (where there is no connection to hang a bucket on), and one per client
+//! address for WebSocket upgrades ([`address_key`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -49,7 +50,26 @@ impl TokenBucket {
 /// Beyond this many senders, full buckets are forgotten before adding one.
 const MAX_KEYS: usize = 10_000;
 
-/// Token buckets by key (the HTTP API limits each sender).
+/// The bucket key of a client address for the upgrade limit: an IPv4
+/// address (IPv4-mapped IPv6 included) as itself, an IPv6 address by its /64,
+/// since one host is routinely given a whole /64 and would otherwise have
+/// 2^64 buckets.
+pub fn address_key(ip: std::net::IpAddr) -> String {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Token buckets by key (the HTTP API limits each sender, the upgrade each
+/// client address).
 pub struct KeyedBuckets {
     rate: f64,
     burst: f64,
@@ -104,5 +124,14 @@ mod tests {
         assert!(k.try_take("a", t0) && k.try_take("a", t0));
         assert!(!k.try_take("a", t0));
         assert!(k.try_take("b", t0));
+    }
+
+    #[test]
+    fn addresses_share_a_bucket_per_ipv4_address_or_ipv6_64() {
+        let key = |s: &str| address_key(s.parse().expect("an address"));
+        assert_eq!(key("127.0.0.1"), "127.0.0.1");
+        assert_eq!(key("::ffff:10.0.0.1"), "10.0.0.1");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
     }
 }

@@ -15,7 +15,8 @@ struct Cli {
     #[arg(long, env = "CHATMESH_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Check the configuration (file and environment), print it, and exit.
+    /// Check the configuration (file and environment), print it with its
+    /// secrets as `***`, and exit.
     #[arg(long)]
     check_config: bool,
 }
@@ -26,7 +27,7 @@ fn init_tracing(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(chatmesh::redact::Redacting::new(config.secrets()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match config.log.format {
         LogFormat::Json => builder.json().init(),
@@ -44,7 +45,8 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        match serde_json::to_string_pretty(&config) {
+        // Secrets are shown as `***` (PROTOCOL.md §5): the output gets pasted.
+        match serde_json::to_string_pretty(&config.redacted()) {
             Ok(text) => println!("{text}"),
             Err(e) => eprintln!("chatmesh: {e}"),
         }

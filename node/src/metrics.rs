@@ -11,6 +11,8 @@ pub const MESSAGES_IN: &str = "chatmesh_messages_in_total";
 pub const DELIVERIES_OUT: &str = "chatmesh_deliveries_out_total";
 pub const ERRORS: &str = "chatmesh_errors_total";
 pub const SLOW_CONSUMERS: &str = "chatmesh_slow_consumer_disconnects_total";
+/// Closes the node sent, by `code` ([`crate::protocol::close::label`]).
+pub const CLOSES: &str = "chatmesh_closes_total";
 pub const BROKER_PUBLISH_SECONDS: &str = "chatmesh_broker_publish_seconds";
 /// Deliveries the broker handed to this node for a room or user it has no
 /// local member for (any left in flight after a leave; on a broker that routes
@@ -19,6 +21,10 @@ pub const DELIVERIES_UNROUTED: &str = "chatmesh_broker_deliveries_unrouted_total
 
 pub fn slow_consumer() {
     counter!(SLOW_CONSUMERS).increment(1);
+}
+
+pub fn close(label: &'static str) {
+    counter!(CLOSES, "code" => label).increment(1);
 }
 
 pub fn error(code: crate::protocol::ErrorCode) {

@@ -15,6 +15,11 @@
 //! slowing the room down (guarantee 7). A close jumps the queue: frames not yet
 //! framed are dropped, and a socket that stalls for [`CLOSE_GRACE`] is dropped
 //! without its close frame.
+//!
+//! Every close the node decides passes through here (the connection's, a
+//! room's slow join, the overflow), and only the first one counts, so this is
+//! where a close is logged and counted (`chatmesh_closes_total{code}`), once,
+//! with the [`Owner`] of the connection.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -56,6 +61,42 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     limit: usize,
+    owner: Owner,
+}
+
+/// Whose connection an outbox belongs to, for the close's log line.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub user: Arc<str>,
+    pub session: Arc<str>,
+}
+
+impl Owner {
+    /// For outboxes outside a connection (benches, tests).
+    fn nobody() -> Self {
+        Owner {
+            user: "-".into(),
+            session: "-".into(),
+        }
+    }
+}
+
+/// Logs and counts a close the node sends. The closes that tell an operator
+/// something (1008 token expired, 1011, 1013 slow consumer or no broker, 4009
+/// replaced) get a line at info or warn; the everyday ones only at debug.
+fn report(owner: &Owner, code: u16, reason: &str, label: &'static str) {
+    use crate::protocol::close;
+    crate::metrics::close(label);
+    let (user, session) = (&*owner.user, &*owner.session);
+    match code {
+        close::TRY_AGAIN_LATER | close::INTERNAL => {
+            tracing::warn!(user, session, code, reason, "connection closed")
+        }
+        close::POLICY | close::REPLACED => {
+            tracing::info!(user, session, code, reason, "connection closed")
+        }
+        _ => tracing::debug!(user, session, code, reason, "connection closed"),
+    }
 }
 
 impl Shared {
@@ -90,10 +131,16 @@ fn wake(waker: Option<Waker>) {
 impl Outbox {
     /// A new, empty outbox holding at most `limit` bytes of text frames.
     pub fn new(limit: usize) -> Self {
+        Self::with_owner(limit, Owner::nobody())
+    }
+
+    /// [`Outbox::new`] for the connection of `owner`.
+    pub fn with_owner(limit: usize, owner: Owner) -> Self {
         Self {
             shared: Arc::new(Shared {
                 queue: Mutex::new(Queue::default()),
                 limit,
+                owner,
             }),
         }
     }
@@ -106,15 +153,12 @@ impl Outbox {
         }
         let len = frame.len();
         if q.queued + len > self.shared.limit {
-            q.closed = true;
-            q.close = Some((
-                crate::protocol::close::TRY_AGAIN_LATER,
-                "slow consumer: outbound buffer full".into(),
-            ));
-            let waker = q.waker.take();
-            drop(q);
+            // Under the same lock as the check: of two overflowing pushes,
+            // one closes and counts, the other finds the outbox closed.
+            let code = crate::protocol::close::TRY_AGAIN_LATER;
+            let reason = "slow consumer: outbound buffer full";
+            self.close_in(q, code, reason, crate::protocol::close::label(code));
             crate::metrics::slow_consumer();
-            wake(waker);
             return Err(SendError::Overflow);
         }
         q.queued += len;
@@ -128,7 +172,21 @@ impl Outbox {
     /// Closes the connection with a code; later frames are dropped. Only the
     /// first close counts.
     pub fn close(&self, code: u16, reason: &str) {
-        let mut q = self.shared.lock();
+        self.close_as(code, reason, crate::protocol::close::label(code));
+    }
+
+    /// Answers a client's close with its own application code (3000–4999),
+    /// counted apart: a client may send any of them, 4009 included.
+    pub fn echo_close(&self, code: u16) {
+        self.close_as(code, "", crate::protocol::close::ECHOED);
+    }
+
+    fn close_as(&self, code: u16, reason: &str, label: &'static str) {
+        self.close_in(self.shared.lock(), code, reason, label);
+    }
+
+    /// Closes with the queue's lock already held, unless a close came first.
+    fn close_in(&self, mut q: MutexGuard<'_, Queue>, code: u16, reason: &str, label: &'static str) {
         if q.closed {
             return;
         }
@@ -136,6 +194,7 @@ impl Outbox {
         q.close = Some((code, reason.to_owned()));
         let waker = q.waker.take();
         drop(q);
+        report(&self.shared.owner, code, reason, label);
         wake(waker);
     }
 

@@ -85,6 +85,12 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         auth,
         metrics,
         http_limits: KeyedBuckets::new(config.limits.publish_per_sec, config.limits.publish_burst),
+        upgrade_limits: (config.limits.connections_per_ip_per_sec > 0.0).then(|| {
+            KeyedBuckets::new(
+                config.limits.connections_per_ip_per_sec,
+                config.limits.connections_per_ip_burst,
+            )
+        }),
         tasks,
         config: config.clone(),
     });

@@ -169,6 +169,17 @@ impl Client {
         self.tx.send_binary(bytes).await
     }
 
+    /// Sends a close frame with `code` (the node's answer is read with
+    /// [`Client::expect_close`]).
+    pub async fn close_with(&mut self, code: u16) -> Result<()> {
+        use tungstenite::protocol::frame::{coding::CloseCode, CloseFrame};
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        };
+        self.tx.send_message(Message::Close(Some(frame))).await
+    }
+
     /// The next text frame (strict), within [`DEFAULT_TIMEOUT`].
     pub async fn recv(&mut self) -> Result<Value> {
         self.rx.recv().await

@@ -430,8 +430,10 @@ impl Cluster {
     }
 
     /// Connects a WebSocket client of `user` to node `i`.
+    /// The name is percent-encoded, so any user name arrives as it is.
     pub async fn connect(&self, i: usize, user: &str) -> Result<Client> {
-        Client::connect(&self.ws_url(i, &format!("user={user}")))
+        let query = format!("user={}", crate::steps::encode(user));
+        Client::connect(&self.ws_url(i, &query))
             .await
             .with_context(|| format!("connecting {user} to node {}", self.index(i)))
     }

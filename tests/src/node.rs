@@ -161,6 +161,16 @@ impl NodeBuilder {
 
     /// Starts the node and waits until it is ready.
     pub async fn start(self) -> Result<Node> {
+        self.start_until("/ready").await
+    }
+
+    /// Starts the node and waits only until it is alive (`GET /health` 200),
+    /// for a node that is not expected to become ready (no broker).
+    pub async fn start_live(self) -> Result<Node> {
+        self.start_until("/health").await
+    }
+
+    async fn start_until(self, answering: &'static str) -> Result<Node> {
         let binary = binary()?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -192,7 +202,7 @@ impl NodeBuilder {
                 http: http.clone(),
                 _dir: dir,
             };
-            match node.wait_ready().await {
+            match node.wait_ready(answering).await {
                 Ok(()) => return Ok(node),
                 Err(Retry::Yes(why)) => {
                     last_failure = format!(
@@ -276,9 +286,10 @@ impl Node {
         Node::builder().start().await
     }
 
-    async fn wait_ready(&mut self) -> std::result::Result<(), Retry> {
+    /// Waits until `GET path` answers 200.
+    async fn wait_ready(&mut self, path: &str) -> std::result::Result<(), Retry> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let url = format!("{}/ready", self.url());
+        let url = format!("{}{path}", self.url());
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => {
@@ -299,8 +310,8 @@ impl Node {
                 .await
             {
                 Ok(response) if response.status().as_u16() == 200 => return Ok(()),
-                Ok(response) => format!("GET /ready answered {}", response.status()),
-                Err(e) => format!("GET /ready failed: {e}"),
+                Ok(response) => format!("GET {path} answered {}", response.status()),
+                Err(e) => format!("GET {path} failed: {e}"),
             };
             if Instant::now() >= deadline {
                 return Err(Retry::No(format!(
@@ -354,6 +365,45 @@ impl Node {
             .text()
             .await
             .with_context(|| format!("reading the body of GET {url}"))?;
+        Ok((status, body))
+    }
+
+    /// The text of `GET /metrics`, which must answer 200.
+    pub async fn metrics(&self) -> Result<String> {
+        let (status, text) = self.get("/metrics").await?;
+        if status != 200 {
+            bail!("GET /metrics answered {status}: {text}");
+        }
+        Ok(text)
+    }
+
+    /// A WebSocket upgrade request to `/ws?query` with extra `headers`, sent as
+    /// plain HTTP so that a refusal's status and JSON body can be read: the
+    /// status and the body (a 101 has none; the socket is then dropped).
+    pub async fn upgrade(&self, query: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+        let url = self.ws_url(query).replacen("ws://", "http://", 1);
+        let mut request = self
+            .http
+            .get(&url)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("upgrade {url}"))?;
+        let status = response.status().as_u16();
+        if status == 101 {
+            return Ok((status, String::new()));
+        }
+        let body = response
+            .text()
+            .await
+            .with_context(|| format!("reading the body of upgrade {url}"))?;
         Ok((status, body))
     }
 

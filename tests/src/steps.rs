@@ -325,3 +325,25 @@ pub async fn until_silence(c: &mut Client) -> Vec<Value> {
     }
     frames
 }
+
+/// The value of the series `series` of a `/metrics` text (name and labels
+/// exactly as rendered, e.g. `chatmesh_closes_total{code="4009"}`).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so a name
+/// reaches the node as exactly these bytes in a path or a query.
+pub fn encode(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -790,6 +790,148 @@ async fn namespace_isolation(backend: Backend) {
     );
 }
 
+/// The names a broker could read as syntax: subject separators and wildcards
+/// (NATS `.` `*` `>`, AMQP `#`), Redis hash tags and key separators (`{}`,
+/// `:`), paths and escapes (`/`, `%`, and what `.` escapes to: `%2E`,
+/// `_2E`), spaces, other scripts — and pairs that would meet if a broker
+/// split or matched them (`x.*` and `x.y`, `x.>` and `x.y.z`, `a.b` and `a`).
+/// Each is a suffix of `prefix`; a suite that owns its broker also gets the
+/// bare ones, which would be shared by every run against external nodes.
+fn hostile_names(prefix: &str, bare: bool) -> Vec<String> {
+    let suffixes = [
+        ".", ".*", ".y", ".>", ".y.z", "*", "?", "[y]", "#", ".#", "{}", "}:r:{", ":", "/", "%",
+        "%2E", "_2E", " ", " ü 漢", "a.b", "a", "b",
+    ];
+    let mut names: Vec<String> = suffixes.iter().map(|s| format!("{prefix}{s}")).collect();
+    if bare {
+        names.extend(["*", ">", "#", ".", "a.b", "a"].map(String::from));
+    }
+    names
+}
+
+/// Rooms and users named [`hostile_names`] on two nodes of one namespace, and
+/// the same names on nodes of namespaces `<ns>.b` (what a NATS subject or
+/// Kafka topic would split on) and `<ns>_2Eb` (what `.` escapes to): every
+/// message, direct and presence reaches exactly its own room's or user's
+/// members, and nothing crosses a namespace.
+async fn hostile_names_stay_apart(backend: Backend) {
+    let mut cluster = start(backend, 2).await;
+    // Namespaces need nodes of the suite's own on a broker of its own.
+    let others = if backend == Backend::Memory || !cluster.owns_processes() {
+        skip(
+            backend,
+            "hostile_names_stay_apart (namespaces)",
+            "no second namespace here",
+        );
+        Vec::new()
+    } else {
+        let mut others = Vec::new();
+        for ns in [
+            format!("{}.b", cluster.namespace()),
+            format!("{}_2Eb", cluster.namespace()),
+        ] {
+            others.push(
+                cluster
+                    .add_node_in_namespace(&ns)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e:#}")),
+            );
+        }
+        others
+    };
+    let names = hostile_names(&cluster.room(), cluster.owns_processes());
+    let publisher_of = |name: &str| format!("{name}@pub");
+    // In this namespace: per name, a publisher on node 0 and a receiver on
+    // node 1, both in the room of that name; the receiver's user has the
+    // name too. Elsewhere: per name and namespace, a user of that name in the
+    // room of that name.
+    let publisher_names: Vec<String> = names.iter().map(|n| publisher_of(n)).collect();
+    let publishers = join_all(
+        names
+            .iter()
+            .zip(&publisher_names)
+            .map(|(n, p)| member(&cluster, 0, p, n)),
+    );
+    let receivers = join_all(names.iter().map(|n| member(&cluster, 1, n, n)));
+    let (mut publishers, mut receivers) = tokio::join!(publishers, receivers);
+    let mut spies = Vec::new();
+    for &node in &others {
+        spies.push(join_all(names.iter().map(|n| member(&cluster, node, n, n))).await);
+    }
+
+    for (i, (name, p)) in names.iter().zip(&mut publishers).enumerate() {
+        publish_one(p, name, json!({"room": i})).await;
+        send(
+            p,
+            json!({"type": "direct", "to": name, "body": {"direct": i}}),
+        )
+        .await;
+        assert_eq!(recv(p).await["type"], "ack", "direct to {name:?}");
+    }
+    for (i, (name, r)) in names.iter().zip(&mut receivers).enumerate() {
+        // The room's message and the user's direct travel on two topics: in
+        // either order.
+        let mut two = [recv(r).await, recv(r).await];
+        two.sort_by_key(|f| text(&f["type"]));
+        let [direct, message] = two;
+        assert_eq!(
+            (&message["type"], &message["room"], &message["body"]),
+            (&json!("message"), &json!(name), &json!({"room": i})),
+            "{name:?} gets its room's message: {message}"
+        );
+        assert_eq!(message["from"], publisher_of(name), "{message}");
+        assert_eq!(
+            (&direct["type"], &direct["to"], &direct["body"]),
+            (&json!("direct"), &json!(name), &json!({"direct": i})),
+            "{name:?} gets its own direct: {direct}"
+        );
+    }
+    // The other namespaces talk in rooms of the same names, unheard here.
+    for (ns, spies) in spies.iter_mut().enumerate() {
+        for (i, (name, s)) in names.iter().zip(spies.iter_mut()).enumerate() {
+            publish_one(s, name, json!({"namespace": ns, "room": i})).await;
+        }
+    }
+    for (i, (name, r)) in names.iter().zip(&mut receivers).enumerate() {
+        assert_eq!(
+            presence(r, name).await,
+            set(&[name, &publisher_of(name)]),
+            "presence of {name:?}"
+        );
+        let bodies: Vec<Value> = history(r, name, 50)
+            .await
+            .iter()
+            .map(|m| m["body"].clone())
+            .collect();
+        assert_eq!(bodies, [json!({"room": i})], "history of {name:?}");
+    }
+    for (ns, spies) in spies.iter_mut().enumerate() {
+        for (i, (name, s)) in names.iter().zip(spies.iter_mut()).enumerate() {
+            assert_eq!(
+                presence(s, name).await,
+                set(&[name]),
+                "presence of {name:?} in namespace {ns}"
+            );
+            let bodies: Vec<Value> = history(s, name, 50)
+                .await
+                .iter()
+                .map(|m| m["body"].clone())
+                .collect();
+            assert_eq!(
+                bodies,
+                [json!({"namespace": ns, "room": i})],
+                "history of {name:?} in namespace {ns}"
+            );
+        }
+    }
+    // Nothing more arrived anywhere: no room, user or namespace heard another's.
+    let everyone = publishers
+        .iter_mut()
+        .chain(receivers.iter_mut())
+        .chain(spies.iter_mut().flatten());
+    join_all(everyone.map(silence)).await;
+}
+
 // ---------------------------------------------------------------- 9. takeover
 
 /// `?user=u&device=d` on node 0, then on node 1: the first is closed with 4009
@@ -1541,6 +1683,7 @@ macro_rules! cluster_suite {
                 a_flood_into_a_new_room_closes_only_the_paused_member,
                 presence_diffs_only_after_a_members_own_join,
                 a_direct_right_after_a_users_hello_arrives,
+                hostile_names_stay_apart,
             );
             cluster_suite!(@tests $backend; $owned;
                 presence_of_a_killed_node_expires,

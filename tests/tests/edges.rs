@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use chatmesh_tests::client::Client;
 use chatmesh_tests::node::{binary, unique, Node};
 use chatmesh_tests::steps::{
-    assert_error, client, join, ping, recv, recv_until, room, send, silence, start_node_with,
-    SILENCE,
+    assert_error, client, join, metric, ping, recv, recv_until, room, send, silence,
+    start_node_with, SILENCE,
 };
 use chatmesh_testserver::ports::free_port;
 use futures_util::SinkExt;
@@ -1296,18 +1296,8 @@ async fn without_its_broker_a_node_runs_but_refuses_work_with_503() {
 
 // ---------------------------------------------------------------- metrics, logs
 
-/// The value of the series `series` (name and labels exactly as rendered).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok()).flatten()
-    })
-}
-
 async fn metrics(node: &Node) -> String {
-    let (status, text) = node.get("/metrics").await.expect("GET /metrics");
-    assert_eq!(status, 200, "{text}");
-    text
+    node.metrics().await.expect("GET /metrics")
 }
 
 #[tokio::test]
@@ -1464,7 +1454,61 @@ async fn metrics_count_slow_consumer_disconnects() {
             "no slow consumer disconnect after {sent} messages of 4 KB:\n{text}"
         );
     }
+    // The same close is counted by code and logged with who and why.
+    let text = metrics(&node).await;
+    assert_eq!(
+        metric(&text, "chatmesh_closes_total{code=\"1013\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_close_logged(&node, 1013, "slow", "slow consumer: outbound buffer full");
     drop(slow);
+}
+
+/// The node's log has the close line of `code` for `user` with `reason`.
+fn assert_close_logged(node: &Node, code: u16, user: &str, reason: &str) {
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("connection closed") && l.contains(&format!("code={code}")))
+        .unwrap_or_else(|| panic!("no close line with code={code} in the log:\n{log}"));
+    for field in [format!("user={user:?}"), format!("reason={reason:?}")] {
+        assert!(line.contains(&field), "{field} is not in {line}");
+    }
+    assert!(line.contains("session=\""), "{line}");
+}
+
+#[tokio::test]
+async fn metrics_count_closes_by_code_and_log_them() {
+    let node = start_node_with(&[]).await;
+    let before = metrics(&node).await;
+    assert_eq!(
+        metric(&before, "chatmesh_closes_total{code=\"4009\"}"),
+        None,
+        "{before}"
+    );
+    // 4009: the same user and device connects again.
+    let url = node.ws_url("user=dora&device=phone");
+    let mut first = Client::connect(&url).await.expect("first connection");
+    let _second = Client::connect(&url).await.expect("second connection");
+    assert_eq!(first.expect_close().await.expect("replaced"), 4009);
+    // A client's own 4009 is echoed but not counted as a replacement.
+    let mut echo = client(&node, "echo").await;
+    echo.close_with(4009).await.expect("closing with 4009");
+    assert_eq!(echo.expect_close().await.expect("echoed"), 4009);
+    let node_ref = &node;
+    eventually("the closes are counted", || async move {
+        let text = metrics(node_ref).await;
+        match (
+            metric(&text, "chatmesh_closes_total{code=\"4009\"}"),
+            metric(&text, "chatmesh_closes_total{code=\"echoed\"}"),
+        ) {
+            (Some(1.0), Some(1.0)) => Ok(()),
+            _ => Err(text),
+        }
+    })
+    .await;
+    assert_close_logged(&node, 4009, "dora", "replaced");
 }
 
 #[tokio::test]

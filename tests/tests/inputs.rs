@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use chatmesh_tests::client::Client;
 use chatmesh_tests::node::{unique, Node};
-use chatmesh_tests::steps::{client, join, room, start_node_with};
+use chatmesh_tests::steps::{client, encode, join, room, start_node_with};
 use serde_json::{json, Value};
 
 /// The API key of these tests.
@@ -106,19 +106,6 @@ async fn member() -> (Node, Client, String) {
     let room = room();
     join(&mut alice, &room).await;
     (node, alice, room)
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters, so a name
-/// reaches the node as exactly these bytes in a path or a query.
-fn encode(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Shows a case without its control characters and long runs.

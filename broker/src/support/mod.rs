@@ -11,7 +11,8 @@
 //!   and namespace name to one unambiguous token of a key, channel or subject.
 //! - [`held`]: [`Held`], the topics a node holds, and [`Turns`], one
 //!   subscribe or unsubscribe at a time per topic.
-//! - [`config`]: [`ConfigError`] and [`split_urls`], the checks of `broker.url`.
+//! - [`config`]: [`ConfigError`] and [`split_urls`], the checks of `broker.url`,
+//!   and [`redact_url`], how a URL is shown without its secret.
 //! - [`off_thread`]: [`OffThread`], a client whose drop may block, dropped
 //!   on a thread of its own.
 //! - [`stream`]: what brokers on a partitioned log share (Kafka, RabbitMQ
@@ -27,7 +28,10 @@ pub mod presence;
 pub mod shell;
 pub mod stream;
 
-pub use config::{in_range, runtime, split_urls, ConfigError};
+pub use config::{
+    bad_url, in_range, redact_in, redact_url, runtime, split_urls, url_secrets, ConfigError,
+    REDACTED,
+};
 pub use held::{Held, Turns};
 pub use link::{Backoff, LinkState};
 pub use names::NameCodec;

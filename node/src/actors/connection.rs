@@ -23,7 +23,7 @@ use crate::auth::Identity;
 use crate::context::Ctx;
 use crate::ids::{self, ConnId};
 use crate::limiter::TokenBucket;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Owner};
 use crate::protocol::server::{self, Frame};
 use crate::protocol::{close, parse, ErrorCode, Request};
 use crate::ws::reader::{Inbound, ReadError, Reader};
@@ -52,19 +52,21 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// `owner` names the user and session the outbox was made for.
     pub fn new(
         ctx: Ctx,
         identity: Identity,
         device: Option<String>,
         outbox: Outbox,
+        owner: Owner,
         attached: tokio::sync::oneshot::Sender<bool>,
     ) -> Self {
         let limits = &ctx.config.limits;
         let limiter = TokenBucket::new(limits.publish_per_sec, limits.publish_burst);
         Self {
             id: ids::next_conn_id(),
-            session: ids::random_id().into(),
-            user: identity.user.as_str().into(),
+            session: owner.session,
+            user: owner.user,
             identity,
             device,
             outbox,
@@ -226,10 +228,11 @@ impl StreamHandler<Result<Inbound, ReadError>> for Connection {
             Ok(Inbound::Pong) => {}
             Ok(Inbound::Close(code)) => {
                 // Application codes are echoed; anything else closes normally.
-                let code = code
-                    .filter(|c| (3000..5000).contains(c))
-                    .unwrap_or(close::NORMAL);
-                self.close(code, "", ctx);
+                match code.filter(|c| (3000..5000).contains(c)) {
+                    Some(code) => self.outbox.echo_close(code),
+                    None => self.outbox.close(close::NORMAL, ""),
+                }
+                ctx.stop();
             }
             Err(ReadError::TooLarge) => {
                 let max = self.ctx.config.limits.max_frame;

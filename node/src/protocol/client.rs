@@ -57,6 +57,10 @@ impl From<RuleError> for Invalid {
 
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<Request, FrameError> {
+    rules::depth(text.as_bytes()).map_err(|e| FrameError {
+        reference: None,
+        message: e.to_string(),
+    })?;
     let value: Value = serde_json::from_str(text).map_err(|e| FrameError {
         reference: None,
         message: format!("frame is not valid JSON: {e}"),

@@ -74,4 +74,26 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The same user and device connected again.
     pub const REPLACED: u16 = 4009;
+
+    /// The `code` label of `chatmesh_closes_total` for a code the node picked.
+    /// A fixed set: a label per arbitrary number would let clients grow the
+    /// metric without bound.
+    pub fn label(code: u16) -> &'static str {
+        match code {
+            NORMAL => "1000",
+            GOING_AWAY => "1001",
+            PROTOCOL_ERROR => "1002",
+            INVALID_PAYLOAD => "1007",
+            POLICY => "1008",
+            TOO_LARGE => "1009",
+            INTERNAL => "1011",
+            RESTART => "1012",
+            TRY_AGAIN_LATER => "1013",
+            REPLACED => "4009",
+            _ => "other",
+        }
+    }
+
+    /// The label of a client's own application code, echoed back.
+    pub const ECHOED: &str = "echoed";
 }

@@ -14,6 +14,7 @@
 //! | `since`, `before` | `join`, `history`; `?before=` | a position this service produced |
 //! | `limit` | `history`; `?limit=` | a non-negative integer, default [`HISTORY_DEFAULT`], clamped to [`HISTORY_MAX`] |
 //! | body | the whole request: a WebSocket frame or an HTTP body | at most `limits.max_frame` bytes |
+//! | nesting | the whole request, checked before it is parsed | at most [`MAX_DEPTH`] levels of arrays and objects |
 //!
 //! A *name* is 1 to [`MAX_NAME`] characters with no control character; every
 //! other character is allowed (`.`, `*`, `>`, `:`, `/`, `%`, `{}`, spaces,
@@ -48,6 +49,16 @@ pub const MAX_POS: usize = 64;
 pub const DEFAULT_KIND: &str = "text";
 /// The sender of an HTTP or webhook message that names none.
 pub const DEFAULT_FROM: &str = "system";
+/// The deepest nesting of arrays and objects in a frame or an HTTP body,
+/// counting the request's own object as level 1 (so a `body` gets 31).
+///
+/// serde_json already refuses more than 128 levels (it never overflows the
+/// stack), so this is not about the node: no chat payload needs 32 levels,
+/// every level costs an allocation here and in every client the body is
+/// relayed to, and browsers parse what they receive with recursion of their
+/// own. The check is a byte scan before parsing, so a frame of 60 000 `[`
+/// costs one pass and no allocation.
+pub const MAX_DEPTH: usize = 32;
 /// Default and largest `limit` of a history request.
 pub const HISTORY_DEFAULT: usize = 50;
 pub const HISTORY_MAX: usize = 500;
@@ -65,6 +76,8 @@ pub enum RuleError {
     Position { field: &'static str },
     #[error("body larger than {max} bytes (limits.max_frame)")]
     TooLarge { max: usize },
+    #[error("JSON nested deeper than {max} levels of arrays and objects")]
+    TooDeep { max: usize },
 }
 
 impl RuleError {
@@ -110,6 +123,36 @@ pub fn history_limit(value: Option<u64>) -> usize {
     value.map_or(HISTORY_DEFAULT, |l| {
         usize::try_from(l).unwrap_or(HISTORY_MAX).min(HISTORY_MAX)
     })
+}
+
+/// The nesting of a JSON request, at most [`MAX_DEPTH`] (see there). Only
+/// brackets outside strings count; what is not JSON at all is left to the
+/// parser to describe.
+pub fn depth(json: &[u8]) -> Result<(), RuleError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(RuleError::TooDeep { max: MAX_DEPTH });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A request body of `len` bytes (so far) under a limit of `max`.
@@ -202,6 +245,32 @@ mod tests {
         assert_eq!(
             position("since", "garbage").map_err(|e| e.to_string()),
             Err("since is not a position this service produced".into())
+        );
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(depth(nested(MAX_DEPTH).as_bytes()), Ok(()));
+        let too_deep = Err(RuleError::TooDeep { max: MAX_DEPTH });
+        assert_eq!(depth(nested(MAX_DEPTH + 1).as_bytes()), too_deep);
+        assert_eq!(depth("[".repeat(100_000).as_bytes()), too_deep);
+        // Objects count like arrays, and closing brackets give levels back.
+        let frame = format!(r#"{{"type":"publish","body":{}}}"#, nested(MAX_DEPTH - 1));
+        assert_eq!(depth(frame.as_bytes()), Ok(()));
+        let wide = nested(MAX_DEPTH).repeat(1000);
+        assert_eq!(depth(wide.as_bytes()), Ok(()));
+        // Brackets inside strings, escaped quotes included, are text.
+        let text = format!(r#"{{"body":"\"{}"}}"#, "[{".repeat(500));
+        assert_eq!(depth(text.as_bytes()), Ok(()));
+        let after = format!(r#"{{"a":"\\","b":{}}}"#, nested(MAX_DEPTH));
+        assert_eq!(depth(after.as_bytes()), too_deep);
+        assert_eq!(
+            too_deep.map_err(|e: RuleError| (e.code(), e.to_string())),
+            Err((
+                ErrorCode::BadRequest,
+                "JSON nested deeper than 32 levels of arrays and objects".into()
+            ))
         );
     }
 }

@@ -10,6 +10,7 @@
 //! (PROTOCOL.md §3), and the socket is closed after them.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -26,9 +27,9 @@ use crate::auth::{AuthError, Identity};
 use crate::config::AuthMode;
 use crate::context::Ctx;
 use crate::http::ApiError;
-use crate::ids;
-use crate::outbox::{Outbox, Writer};
+use crate::outbox::{Outbox, Owner, Writer};
 use crate::protocol::{rules, ErrorCode};
+use crate::{ids, limiter};
 
 /// The longest an upgrade waits for the user's subscription.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,7 +56,8 @@ async fn connect(
     framed: Framed<TcpStream, h1::Codec>,
 ) -> Result<(), std::io::Error> {
     let mut parts = framed.into_parts();
-    let checked = accept(&ctx, &req);
+    let peer = parts.io.peer_addr().ok().map(|a| a.ip());
+    let checked = accept(&ctx, &req, peer);
     let (identity, device, key) = match checked {
         Ok(ok) => ok,
         Err(e) => return refuse(&mut parts.io, &e).await,
@@ -72,12 +74,16 @@ async fn connect(
         return refuse(&mut parts.io, &e).await;
     }
     drop(req);
-    let outbox = Outbox::new(ctx.config.limits.outbound_bytes);
+    let owner = Owner {
+        user: identity.user.as_str().into(),
+        session: ids::random_id().into(),
+    };
+    let outbox = Outbox::with_owner(ctx.config.limits.outbound_bytes, owner.clone());
     let max_frame = ctx.config.limits.max_frame;
     let (attached_tx, attached) = tokio::sync::oneshot::channel();
     let conn = {
         let outbox = outbox.clone();
-        Connection::new(ctx, identity, device, outbox, attached_tx).start()
+        Connection::new(ctx, identity, device, outbox, owner, attached_tx).start()
     };
     // Answer the upgrade once the user's topic is held: from the moment a client
     // is connected, directs to it are delivered. A failed attach closes the
@@ -105,14 +111,42 @@ async fn connect(
     Ok(())
 }
 
-/// The checks before an upgrade, in the order a client can fix them.
-fn accept(ctx: &Ctx, req: &Request) -> Result<(Identity, Option<String>, Vec<u8>), ApiError> {
+/// The checks before an upgrade, in the order a client can fix them; the
+/// rate of attempts comes first among the real checks, so that guessing
+/// tokens costs as much as connecting.
+fn accept(
+    ctx: &Ctx,
+    req: &Request,
+    peer: Option<IpAddr>,
+) -> Result<(Identity, Option<String>, Vec<u8>), ApiError> {
     let head = req.head();
     if head.uri.path() != PATH {
         return Err(ApiError::new(ErrorCode::NotFound, "no such endpoint"));
     }
     ws::verify_handshake(head)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, &format!("websocket handshake: {e}")))?;
+    if let (Some(limits), Some(ip)) = (&ctx.upgrade_limits, peer) {
+        if !limits.try_take(&limiter::address_key(ip), std::time::Instant::now()) {
+            crate::metrics::error(ErrorCode::RateLimited);
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many connections from this address; retry later (limits.connections_per_ip_per_sec)",
+            ));
+        }
+    }
+    // Browsers always send `Origin`; clients that are not browsers may not,
+    // and are not what this protects against (they can send any header).
+    if let Some(origin) = head.headers.get(actix_http::header::ORIGIN) {
+        let allowed = ctx.config.ws.allowed_origins.is_empty()
+            || origin.to_str().is_ok_and(|o| ctx.config.origin_allowed(o));
+        if !allowed {
+            crate::metrics::error(ErrorCode::Forbidden);
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this Origin may not connect (ws.allowed_origins)",
+            ));
+        }
+    }
     if !ctx.is_ready() {
         return Err(ApiError::new(
             ErrorCode::Unavailable,
