@@ -31,10 +31,9 @@ impl SpawnKind {
     }
 }
 
-/// Fan-out load generator for chatmesh (protocol v1 over WebSocket).
-#[derive(Debug, Clone, Parser, serde::Serialize)]
-#[command(name = "chatmesh-bench", version, about)]
-pub struct Args {
+/// How the tool starts the system under test (shared by every mode).
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct SystemArgs {
     /// Start the system under test: a broker of this kind (none for memory) and `--nodes` nodes.
     #[arg(long, value_enum)]
     pub spawn: Option<SpawnKind>,
@@ -47,6 +46,81 @@ pub struct Args {
     /// Extra `KEY=VALUE` environment for spawned nodes (repeatable), e.g. `CHATMESH_HTTP__WORKERS=1`.
     #[arg(long = "node-env")]
     pub node_env: Vec<String>,
+}
+
+impl SystemArgs {
+    /// The node binary: `--chatmesh-bin`, else `chatmesh` next to this binary if it is there.
+    pub fn bin(&self) -> Option<PathBuf> {
+        match &self.chatmesh_bin {
+            Some(p) => Some(p.clone()),
+            None => crate::spawn::default_bin().ok().filter(|p| p.is_file()),
+        }
+    }
+}
+
+/// Modes other than the default fan-out run.
+#[derive(Debug, Clone, clap::Subcommand, serde::Serialize)]
+pub enum Mode {
+    /// Churn (connect, join, leave, publish, disconnect) for a long time, sampling
+    /// each node's RSS and open fds; at the end check that no room, user or
+    /// presence state is left.
+    Soak(SoakArgs),
+}
+
+/// Options of `chatmesh-bench soak`.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub system: SystemArgs,
+    /// Minutes of churn.
+    #[arg(long, default_value_t = 30.0)]
+    pub minutes: f64,
+    /// Minutes at the start that the summary's "start" figures skip.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup_minutes: f64,
+    /// Client slots; each one connects, lives a while, disconnects, and again.
+    #[arg(long, default_value_t = 200)]
+    pub clients: usize,
+    /// Rooms the clients pick from.
+    #[arg(long, default_value_t = 20)]
+    pub rooms: usize,
+    /// Most rooms a session is joined to at once.
+    #[arg(long, default_value_t = 3)]
+    pub rooms_per_session: usize,
+    /// Total publish rate of all clients, messages/s.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Shortest and longest session, seconds (uniform between them).
+    #[arg(long, default_value_t = 10.0)]
+    pub session_min_secs: f64,
+    #[arg(long, default_value_t = 50.0)]
+    pub session_max_secs: f64,
+    /// Seconds between samples of RSS, fds and the node gauges.
+    #[arg(long, default_value_t = 5.0)]
+    pub sample_secs: f64,
+    /// After the churn, how long (s) the node state may take to drain to nothing.
+    #[arg(long, default_value_t = 120.0)]
+    pub settle_timeout_secs: f64,
+    /// Output prefix: writes `<out>.csv`, `<out>.svg` and `<out>.json`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Fan-out load generator for chatmesh (protocol v1 over WebSocket).
+#[derive(Debug, Clone, Parser, serde::Serialize)]
+#[command(
+    name = "chatmesh-bench",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub mode: Option<Mode>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub system: SystemArgs,
 
     /// Attach to running nodes: comma-separated `ws://host:port/ws` URLs.
     #[arg(long, value_delimiter = ',')]

@@ -25,7 +25,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::stats::{now_us, Stats};
 use crate::topology::ClientPlan;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long connect + `hello`, and `join` + `joined`, may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,7 +102,8 @@ async fn next_text(ws: &mut Ws) -> Result<String> {
     }
 }
 
-async fn connect(url: &str) -> Result<Ws> {
+/// Connects to `url` and waits for the node's `hello`.
+pub async fn connect(url: &str) -> Result<Ws> {
     // tungstenite zero-fills its whole read buffer before every read (128 KiB
     // by default): at thousands of connections that memset was most of the
     // generator's CPU per delivery and 130 KB of RSS per client.

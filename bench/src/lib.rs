@@ -3,6 +3,7 @@
 //! - [`cli`]: options; [`topology`]: who connects where, joins what, publishes;
 //! - [`client`]: one WebSocket client task; [`stats`]: histograms and counters;
 //! - [`run`]: connect, rate steps, saturation search, idle mode; [`ticker`]: progress;
+//! - [`soak`]: long churn with RSS/fd sampling and a check that no state is left;
 //! - [`spawn`]: starting brokers and nodes; [`procstat`]: CPU and RSS from `/proc`;
 //! - [`report`], [`plot`], [`versions`]: JSON result, markdown, SVG, versions.
 
@@ -12,6 +13,7 @@ pub mod plot;
 pub mod procstat;
 pub mod report;
 pub mod run;
+pub mod soak;
 pub mod spawn;
 pub mod stats;
 pub mod ticker;

@@ -14,11 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use chatmesh_bench::cli::{self, Args};
+use chatmesh_bench::cli::{self, Args, Mode};
 use chatmesh_bench::procstat::{self, Role, Watched};
 use chatmesh_bench::report::{self, BrokerConnections, Memory, NofileLimit, RunResult, Scenario};
 use chatmesh_bench::topology::Topology;
-use chatmesh_bench::{plot, run, spawn, ticker, versions};
+use chatmesh_bench::{plot, run, soak, spawn, ticker, versions};
 
 /// Wanted open-file limit: enough for 20k+ connections in the generator and a node.
 const NOFILE_WANTED: u64 = 262_144;
@@ -84,43 +84,24 @@ fn parse_pids(list: &[String]) -> Result<Vec<Watched>> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
+    if let Some(Mode::Soak(soak_args)) = &args.mode {
+        raise_nofile(soak_args.clients as u64 + 1024);
+        return soak::run(soak_args, &command).await;
+    }
     let started = unix_ms();
     let clients = args.connections();
     let nofile = raise_nofile(clients as u64 + 1024);
 
     // --- the system under test ---
-    let chatmesh_bin = match &args.chatmesh_bin {
-        Some(p) => Some(p.clone()),
-        None => spawn::default_bin().ok().filter(|p| p.is_file()),
-    };
+    let chatmesh_bin = args.system.bin();
     let mut watched = Vec::new();
-    let (system, urls, redis_port, namespace) = match args.spawn {
+    let (system, urls, redis_port, namespace) = match args.system.spawn {
         Some(kind) => {
             let bin = chatmesh_bin
                 .clone()
                 .context("no chatmesh binary: pass --chatmesh-bin")?;
-            let sys = spawn::start(kind, args.nodes, &bin, &args.node_env).await?;
-            eprintln!(
-                "started {} node(s) {:?}, broker {:?}; logs in {}",
-                sys.nodes.len(),
-                sys.urls,
-                sys.broker_url,
-                sys.dir.display()
-            );
-            for n in &sys.nodes {
-                watched.push(Watched {
-                    name: n.name.clone(),
-                    pid: n.pid(),
-                    role: Role::Server,
-                });
-            }
-            if let Some(b) = &sys.broker {
-                watched.push(Watched {
-                    name: b.name.clone(),
-                    pid: b.pid(),
-                    role: Role::Broker,
-                });
-            }
+            let sys = spawn::start(kind, args.system.nodes, &bin, &args.system.node_env).await?;
+            watched.extend(sys.watched());
             let urls = sys.urls.clone();
             let redis = (kind == cli::SpawnKind::Redis)
                 .then_some(sys.broker_port)
@@ -167,7 +148,7 @@ async fn main() -> Result<()> {
         label: args.label.clone().unwrap_or_else(|| {
             format!(
                 "chatmesh-{}-c{}",
-                args.spawn.map(|k| k.as_str()).unwrap_or("attached"),
+                args.system.spawn.map(|k| k.as_str()).unwrap_or("attached"),
                 clients
             )
         }),

@@ -1,5 +1,7 @@
-//! The latency-over-time plot: p50 and p99 of every second of the run (SVG).
+//! SVG plots: latency over time (p50 and p99 of every second of a run), and
+//! RSS and open fds over time per node (the soak).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
@@ -58,6 +60,70 @@ pub fn latency_svg(points: &[TimelinePoint], title: &str, path: &Path) -> Result
         .border_style(BLACK)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Two panels against minutes since the start: RSS (MiB) and open fds, one
+/// line per node; `series` maps a node to `(minutes, rss MiB, fds)` points,
+/// and a grey vertical line marks `churn_end_min`.
+pub fn resources_svg(
+    series: &BTreeMap<String, Vec<(f64, f64, f64)>>,
+    churn_end_min: f64,
+    title: &str,
+    path: &Path,
+) -> Result<()> {
+    let all = || series.values().flatten();
+    let t_max = all().map(|p| p.0).fold(1.0, f64::max);
+    let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let root = root
+        .titled(title, ("sans-serif", 18))
+        .map_err(|e| anyhow!("{e}"))?;
+    let panels = root.split_evenly((2, 1));
+    let pick: [(&str, fn(&(f64, f64, f64)) -> f64); 2] =
+        [("RSS MiB", |p| p.1), ("open fds", |p| p.2)];
+    for (area, (label, value)) in panels.iter().zip(pick) {
+        let y_max = all().map(value).fold(1.0, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..t_max, 0.0..y_max)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("minutes since start")
+            .y_desc(label)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .draw_series(LineSeries::new(
+                [(churn_end_min, 0.0), (churn_end_min, y_max)],
+                &RGBColor(160, 160, 160),
+            ))
+            .map_err(|e| anyhow!("{e}"))?
+            .label("end of churn")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(160, 160, 160)));
+        for (i, (node, points)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().map(|p| (p.0, value(p))),
+                    color,
+                ))
+                .map_err(|e| anyhow!("{e}"))?
+                .label(node.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+    }
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! CPU time and RSS of processes, and machine-wide CPU busy time, from `/proc`.
+//! CPU time, RSS and open file descriptors of processes, and machine-wide CPU busy time, from `/proc`.
 //!
 //! CPU times in `/proc/<pid>/stat` and `/proc/stat` are in `USER_HZ` ticks, which
 //! Linux fixes at 100 per second for user space on every architecture we run on.
@@ -55,6 +55,13 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Open file descriptors of a process (entries of `/proc/<pid>/fd`), `None`
+/// if it is gone or not ours to read.
+pub fn fd_count(pid: u32) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(dir.filter(|e| e.is_ok()).count() as u64)
 }
 
 /// Machine-wide busy and total CPU seconds (all cores) from `/proc/stat`.
@@ -179,6 +186,8 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).is_some());
         assert!(rss_bytes(pid).unwrap_or(0) > 0);
+        // stdin, stdout and stderr at least, plus the directory being read.
+        assert!(fd_count(pid).unwrap_or(0) >= 3);
         assert!(system_cpu().total_s > 0.0);
     }
 }

@@ -20,6 +20,7 @@ use chatmesh_testserver::rabbitmq::RabbitServer;
 use chatmesh_testserver::redis::RedisServer;
 
 use crate::cli::SpawnKind;
+use crate::procstat::{Role, Watched};
 
 /// How long a broker or node may take to get ready.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -43,6 +44,8 @@ pub struct System {
     pub broker_port: Option<u16>,
     pub nodes: Vec<Proc>,
     pub urls: Vec<String>,
+    /// The HTTP port of each node, in the order of `nodes`.
+    pub ports: Vec<u16>,
     pub namespace: String,
     pub dir: PathBuf,
 }
@@ -57,10 +60,41 @@ impl Drop for System {
     }
 }
 
+impl System {
+    /// The processes to sample: every node, then the broker.
+    pub fn watched(&self) -> Vec<Watched> {
+        let mut watched: Vec<Watched> = self
+            .nodes
+            .iter()
+            .map(|n| Watched {
+                name: n.name.clone(),
+                pid: n.pid(),
+                role: Role::Server,
+            })
+            .collect();
+        if let Some(b) = &self.broker {
+            watched.push(Watched {
+                name: b.name.clone(),
+                pid: b.pid(),
+                role: Role::Broker,
+            });
+        }
+        watched
+    }
+}
+
 /// `GET path` on 127.0.0.1:port; the whole response, head and body.
 pub async fn http_get(port: u16, path: &str) -> Result<String> {
+    http_get_auth(port, path, None).await
+}
+
+/// `GET path` on 127.0.0.1:port with `Authorization: Bearer <key>` when given.
+pub async fn http_get_auth(port: u16, path: &str, bearer: Option<&str>) -> Result<String> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let auth = bearer
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await??;
@@ -178,6 +212,7 @@ pub async fn start(
         broker_port: None,
         nodes: Vec::new(),
         urls: Vec::new(),
+        ports: Vec::new(),
         namespace,
         dir: dir.clone(),
     };
@@ -224,6 +259,7 @@ pub async fn start(
         ports.push(port);
         system.urls.push(format!("ws://127.0.0.1:{port}/ws"));
     }
+    system.ports = ports.clone();
     let deadline = Instant::now() + START_TIMEOUT;
     for (i, port) in ports.iter().enumerate() {
         loop {
@@ -246,5 +282,12 @@ pub async fn start(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    eprintln!(
+        "started {} node(s) {:?}, broker {:?}; logs in {}",
+        system.nodes.len(),
+        system.urls,
+        system.broker_url,
+        system.dir.display()
+    );
     Ok(system)
 }

@@ -8,7 +8,9 @@
 //! per-connection publish rate (`limits.publish_per_sec`/`publish_burst`, 429
 //! beyond), and every error is JSON. Path segments, `from`, `kind`, `cid` and
 //! the body size follow the same [`rules`] as WebSocket frames, with the same
-//! error codes and messages.
+//! error codes and messages; the POST bodies are parsed in [`bodies`].
+
+pub mod bodies;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chatmesh_broker::{BrokerError, DedupeKey, HistoryQuery, Published};
@@ -16,11 +18,13 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use bodies::Sender;
+
 use crate::auth::Identity;
 use crate::config::AuthMode;
 use crate::context::Ctx;
 use crate::http::{bearer, error, ApiError};
-use crate::protocol::rules::{self, DEFAULT_FROM, DEFAULT_KIND};
+use crate::protocol::rules::{self, DEFAULT_KIND};
 use crate::protocol::{server, ErrorCode};
 use crate::{compose, metrics};
 
@@ -105,12 +109,8 @@ fn bad(message: impl AsRef<str>) -> ApiError {
     ApiError::new(ErrorCode::BadRequest, message.as_ref())
 }
 
-/// Reads a JSON body of at most `limits.max_frame` bytes and
-/// [`rules::MAX_DEPTH`] levels.
-async fn json_body<T: serde::de::DeserializeOwned>(
-    mut payload: web::Payload,
-    ctx: &Ctx,
-) -> Result<T, ApiError> {
+/// Reads a body of at most `limits.max_frame` bytes; [`bodies`] parses it.
+async fn read_body(mut payload: web::Payload, ctx: &Ctx) -> Result<web::BytesMut, ApiError> {
     let max = ctx.config.limits.max_frame;
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
@@ -118,17 +118,13 @@ async fn json_body<T: serde::de::DeserializeOwned>(
         rules::body(bytes.len() + chunk.len(), max)?;
         bytes.extend_from_slice(&chunk);
     }
-    rules::depth(&bytes)?;
-    serde_json::from_slice(&bytes).map_err(|e| bad(format!("body is not the expected JSON: {e}")))
+    Ok(bytes)
 }
 
-fn sender(caller: &Caller, from: Option<String>) -> Result<String, ApiError> {
+fn sender(caller: &Caller) -> Sender<'_> {
     match caller {
-        Caller::User(id) => Ok(id.user.clone()),
-        Caller::Backend => Ok(rules::name(
-            "from",
-            from.unwrap_or_else(|| DEFAULT_FROM.into()),
-        )?),
+        Caller::User(id) => Sender::User(&id.user),
+        Caller::Backend => Sender::Backend,
     }
 }
 
@@ -142,19 +138,12 @@ fn may_use(caller: &Caller, room: &str) -> Result<(), ApiError> {
     }
 }
 
-fn dedupe(from: &str, cid: Option<String>) -> Result<Option<DedupeKey>, ApiError> {
-    Ok(rules::cid(cid)?.map(|cid| DedupeKey {
+/// `cid` has passed its rule in [`bodies`].
+fn dedupe(from: &str, cid: Option<String>) -> Option<DedupeKey> {
+    cid.map(|cid| DedupeKey {
         user: from.to_owned(),
         cid,
-    }))
-}
-
-#[derive(Deserialize)]
-struct RoomPost {
-    body: Value,
-    from: Option<String>,
-    kind: Option<String>,
-    cid: Option<String>,
+    })
 }
 
 async fn publish_room(
@@ -165,7 +154,7 @@ async fn publish_room(
     body: String,
     cid: Option<String>,
 ) -> Result<Published, ApiError> {
-    let dedupe = dedupe(&from, cid)?;
+    let dedupe = dedupe(&from, cid);
     rate_limit(ctx, &from)?;
     metrics::message_in();
     let msg = compose::room_message(room, from, kind, body);
@@ -184,21 +173,13 @@ async fn post_room(
     let caller = caller(&req, &ctx, true)?;
     let room = rules::name("room", path.into_inner())?;
     may_use(&caller, &room)?;
-    let post: RoomPost = json_body(payload, &ctx).await?;
-    let from = sender(&caller, post.from)?;
-    let kind = rules::kind(post.kind)?;
-    let published = publish_room(&ctx, room, from, kind, post.body.to_string(), post.cid).await?;
+    let bytes = read_body(payload, &ctx).await?;
+    let post = bodies::room_message(&bytes, sender(&caller))?;
+    let published = publish_room(&ctx, room, post.from, post.kind, post.body, post.cid).await?;
     Ok(HttpResponse::Created().json(json!({
         "id": published.id,
         "pos": published.pos.map(|p| p.to_string()),
     })))
-}
-
-#[derive(Deserialize)]
-struct UserPost {
-    body: Value,
-    from: Option<String>,
-    cid: Option<String>,
 }
 
 async fn post_user(
@@ -209,12 +190,12 @@ async fn post_user(
 ) -> Answer {
     let caller = caller(&req, &ctx, true)?;
     let to = rules::name("user", path.into_inner())?;
-    let post: UserPost = json_body(payload, &ctx).await?;
-    let from = sender(&caller, post.from)?;
-    let dedupe = dedupe(&from, post.cid)?;
-    rate_limit(&ctx, &from)?;
+    let bytes = read_body(payload, &ctx).await?;
+    let post = bodies::direct_message(&bytes, sender(&caller))?;
+    let dedupe = dedupe(&post.from, post.cid);
+    rate_limit(&ctx, &post.from)?;
     metrics::message_in();
-    let msg = compose::direct(from, to, post.body.to_string(), None);
+    let msg = compose::direct(post.from, to, post.body, None);
     let published = ctx
         .broker
         .publish_direct(msg, dedupe)
@@ -287,27 +268,16 @@ async fn nodes(req: HttpRequest, ctx: web::Data<Ctx>) -> Answer {
     Ok(HttpResponse::Ok().json(json!({ "nodes": nodes })))
 }
 
-/// The body existing Socket.IO deployments post.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Webhook {
-    room_id: String,
-    message: Value,
-    sender: Option<String>,
-}
-
 async fn webhook(req: HttpRequest, payload: web::Payload, ctx: web::Data<Ctx>) -> Answer {
     caller(&req, &ctx, false)?;
-    let hook: Webhook = json_body(payload, &ctx).await?;
-    let room = rules::name("roomId", hook.room_id)?;
-    let sender = hook.sender.unwrap_or_else(|| DEFAULT_FROM.into());
-    let from = rules::name("sender", sender)?;
+    let bytes = read_body(payload, &ctx).await?;
+    let hook = bodies::webhook(&bytes)?;
     let published = publish_room(
         &ctx,
-        room,
-        from,
+        hook.room,
+        hook.from,
         DEFAULT_KIND.into(),
-        hook.message.to_string(),
+        hook.body,
         None,
     )
     .await?;

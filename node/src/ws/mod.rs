@@ -10,6 +10,7 @@
 //! channel hop, plus a syscall whenever several frames wait for the same
 //! client. Parsing stays with actix-http's WebSocket codec.
 
+pub mod decode;
 pub mod frame;
 pub mod reader;
 pub mod upgrade;
