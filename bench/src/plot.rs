@@ -64,6 +64,9 @@ pub fn latency_svg(points: &[TimelinePoint], title: &str, path: &Path) -> Result
     Ok(())
 }
 
+/// Picks one value of a `(minute, RSS MiB, fds)` sample.
+type Pick = fn(&(f64, f64, f64)) -> f64;
+
 /// Two panels against minutes since the start: RSS (MiB) and open fds, one
 /// line per node; `series` maps a node to `(minutes, rss MiB, fds)` points,
 /// and a grey vertical line marks `churn_end_min`.
@@ -81,8 +84,7 @@ pub fn resources_svg(
         .titled(title, ("sans-serif", 18))
         .map_err(|e| anyhow!("{e}"))?;
     let panels = root.split_evenly((2, 1));
-    let pick: [(&str, fn(&(f64, f64, f64)) -> f64); 2] =
-        [("RSS MiB", |p| p.1), ("open fds", |p| p.2)];
+    let pick: [(&str, Pick); 2] = [("RSS MiB", |p| p.1), ("open fds", |p| p.2)];
     for (area, (label, value)) in panels.iter().zip(pick) {
         let y_max = all().map(value).fold(1.0, f64::max) * 1.15;
         let mut chart = ChartBuilder::on(area)
