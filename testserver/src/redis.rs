@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::ports::free_port_below;
-use crate::process::{start_fresh, NotInstalled, OneServer, Process, Spec};
+use crate::process::{kill_nth, restart_nth, start_fresh, NotInstalled, OneServer, Process, Spec};
 
 const INSTALL: &str = "`apt-get install -y redis-server` (the README's test command does this)";
 
@@ -229,20 +229,14 @@ impl RedisCluster {
     /// Kills master `i` (SIGKILL); its slots are down until
     /// [`RedisCluster::restart`].
     pub fn kill(&mut self, i: usize) {
-        if let Some(proc) = self.procs.get_mut(i) {
-            proc.kill();
-        }
+        kill_nth(&mut self.procs, i);
     }
 
     /// Starts master `i` again on its port with empty data; it keeps its
     /// nodes file, so it takes its slots back. Returns once every master says
     /// `cluster_state:ok`.
     pub fn restart(&mut self, i: usize) -> Result<()> {
-        let proc = self
-            .procs
-            .get_mut(i)
-            .with_context(|| format!("the redis cluster has no master {i}"))?;
-        proc.restart()?;
+        restart_nth(&mut self.procs, i, "redis cluster")?;
         self.wait_ok()
     }
 }
