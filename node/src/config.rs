@@ -188,6 +188,12 @@ pub struct HistoryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PresenceConfig {
     pub ttl_ms: u64,
+    /// A room gathers presence changes for this long and sends them as one
+    /// `presence_diff`; 0 (the default while it is measured on every broker)
+    /// sends one frame per change.
+    pub diff_interval_ms: u64,
+    /// Above this many present users a room's diffs carry counts, not names.
+    pub names_limit: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -289,7 +295,11 @@ impl Default for Config {
             },
             api: ApiConfig { keys: Vec::new() },
             history: HistoryConfig { size: 1000 },
-            presence: PresenceConfig { ttl_ms: 30_000 },
+            presence: PresenceConfig {
+                ttl_ms: 30_000,
+                diff_interval_ms: 0,
+                names_limit: 1000,
+            },
             dedupe: DedupeConfig { window_ms: 300_000 },
             limits: LimitsConfig {
                 publish_per_sec: 1000.0,

@@ -67,6 +67,8 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         RoomSettings {
             subscribe_timeout: Duration::from_secs(5),
             outbound_bytes: config.limits.outbound_bytes,
+            presence_interval: Duration::from_millis(config.presence.diff_interval_ms),
+            presence_names_limit: config.presence.names_limit,
             tasks: tasks.clone(),
         },
         heartbeat,

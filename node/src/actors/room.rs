@@ -14,6 +14,14 @@
 //!    join's own presence read had not counted yet, and the member becomes
 //!    active.
 //!
+//! Presence changes reach active members gathered: the room collects them for
+//! `presence.diff_interval_ms` and sends the net effect in one `presence_diff`
+//! (counts instead of names above `presence.names_limit` present users), so a
+//! join storm costs each member a few frames instead of one per joiner
+//! ([`super::presence_batch`]). A joining member still gets the changes that
+//! arrived during its join one by one, as before; it then accounts for every
+//! change the room had received, and later diffs start after those.
+//!
 //! The room's own [`Cursor`] (where its fan-out stands) is only ever moved by
 //! fan-out, except once: the first join that finishes gives a room that has
 //! fanned out nothing its starting point. A later join never moves it, so it
@@ -29,6 +37,7 @@ use serde_json::Value;
 
 use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
 
+use super::presence_batch::{Net, PresenceBatch};
 use super::subscriptions::Ready;
 use crate::ids::ConnId;
 use crate::outbox::Outbox;
@@ -43,6 +52,10 @@ pub struct RoomSettings {
     /// `limits.outbound_bytes`: also bounds what a joining member may have
     /// buffered while its history is read.
     pub outbound_bytes: usize,
+    /// `presence.diff_interval_ms`: zero sends one diff per change.
+    pub presence_interval: Duration,
+    /// `presence.names_limit`.
+    pub presence_names_limit: usize,
     /// Counts every live room and its presence updates still in flight, so a
     /// draining node can wait for its users to leave presence before it exits.
     pub tasks: TaskTracker,
@@ -75,6 +88,9 @@ struct Member {
     floor: Option<Pos>,
     /// Identifies the join in progress, so a superseded one does not finish.
     attempt: u64,
+    /// How many of the room's presence changes this member's view accounts
+    /// for (see [`PresenceBatch::seq`]).
+    presence_seen: u64,
 }
 
 /// See the module docs.
@@ -105,6 +121,11 @@ pub struct Room {
     /// How many times the link went down (`Hold`): a read that started
     /// before the latest drop cannot cover that drop's gap.
     holds: u64,
+    /// Presence changes waiting for the next gathered diff.
+    presence: PresenceBatch,
+    /// About how many users are present cluster-wide: the newest join's
+    /// presence read, moved by the diffs since. Picks names or counts.
+    present_estimate: usize,
 }
 
 /// How long a failed catch-up waits before it reads again (live deliveries
@@ -159,6 +180,8 @@ impl Room {
             catching_up: false,
             again: false,
             holds: 0,
+            presence: PresenceBatch::default(),
+            present_estimate: 0,
         }
     }
 
@@ -342,6 +365,7 @@ impl Room {
                 state: pending(),
                 floor: None,
                 attempt,
+                presence_seen: 0,
             },
         );
         (attempt, first)
@@ -372,8 +396,11 @@ impl Room {
             // everything after its newest position reaches the room.
             self.cursor = Cursor::After(joining.latest);
         }
+        self.present_estimate = joining.present.len();
+        let seen = self.presence.seq();
         if let Some(member) = self.members.get_mut(&conn) {
             member.go_live(&self.name, joining, reference);
+            member.presence_seen = seen;
         }
         Ok(())
     }
@@ -449,11 +476,71 @@ pub struct Deliver(pub Delivery);
 impl Handler<Deliver> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
         match &mut self.resync {
             Some(waiting) => waiting.push(msg.0),
-            None => self.fan_out(&msg.0),
+            None => self.deliver(&msg.0, ctx),
         }
+    }
+}
+
+impl Room {
+    fn gathers_presence(&self) -> bool {
+        !self.settings.presence_interval.is_zero()
+    }
+
+    /// Fans a live delivery out; a presence change also joins the next
+    /// gathered diff for active members.
+    fn deliver(&mut self, delivery: &Delivery, ctx: &mut Context<Self>) {
+        self.fan_out(delivery);
+        if let (Envelope::Presence(p), true) = (&delivery.envelope, self.gathers_presence()) {
+            if self.presence.push(&p.user, p.joined) {
+                ctx.run_later(self.settings.presence_interval, |act, _| {
+                    act.flush_presence()
+                });
+            }
+        }
+    }
+
+    /// Sends every active member the net effect of the gathered changes it
+    /// has not accounted for: one shared frame, except for a member that
+    /// went live during the interval or whose own change is among them.
+    fn flush_presence(&mut self) {
+        let (start, changes) = self.presence.take();
+        let end = start + changes.len() as u64;
+        let all = Net::of(&changes);
+        let present = (self.present_estimate + all.joins.len()).saturating_sub(all.leaves.len());
+        self.present_estimate = present;
+        let counts = present > self.settings.presence_names_limit;
+        let frame = |net: &Net| match counts {
+            true => server::presence_counts(&self.name, net.joins.len(), net.leaves.len(), present),
+            false => server::presence_diff_many(&self.name, &net.joins, &net.leaves),
+        };
+        let shared = (!all.is_empty()).then(|| frame(&all));
+        let mut delivered = 0;
+        for member in self.members.values_mut() {
+            if !matches!(member.state, State::Active) || member.presence_seen >= end {
+                continue;
+            }
+            let from = member.presence_seen.saturating_sub(start) as usize;
+            member.presence_seen = end;
+            let own = !counts && all.mentions(&member.user);
+            let sent = if from > 0 || own {
+                let net = Net::of(&changes[from.min(changes.len())..]);
+                let net = if counts {
+                    net
+                } else {
+                    net.without(&member.user)
+                };
+                !net.is_empty() && member.outbox.send(frame(&net)).is_ok()
+            } else {
+                shared
+                    .as_ref()
+                    .is_some_and(|f| member.outbox.send(f.clone()).is_ok())
+            };
+            delivered += usize::from(sent);
+        }
+        crate::metrics::deliveries(delivered);
     }
 }
 
@@ -471,12 +558,16 @@ impl Room {
             return;
         };
         let limit = self.settings.outbound_bytes;
+        let gathered =
+            matches!(delivery.envelope, Envelope::Presence(_)) && self.gathers_presence();
         let mut delivered = 0;
         for member in self.members.values_mut() {
             if skip_user == Some(&*member.user) {
                 continue;
             }
             match &mut member.state {
+                // Active members get presence gathered (`flush_presence`).
+                State::Active if gathered => {}
                 State::Active => {
                     if let (Some(p), Some(_)) = (pos, member.floor) {
                         if !is_after(p, member.floor) {
@@ -602,7 +693,7 @@ impl Room {
                 return;
             }
             for delivery in act.resync.take().unwrap_or_default() {
-                act.fan_out(&delivery);
+                act.deliver(&delivery, ctx);
             }
         }));
     }

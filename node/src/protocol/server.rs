@@ -237,6 +237,45 @@ pub fn presence_diff(room: &str, user: &str, joined: bool) -> Frame {
     })
 }
 
+/// Several users' changes in one frame (a room's gathered diff).
+pub fn presence_diff_many(room: &str, joins: &[String], leaves: &[String]) -> Frame {
+    let (joins, leaves): (Vec<&str>, Vec<&str>) = (
+        joins.iter().map(String::as_str).collect(),
+        leaves.iter().map(String::as_str).collect(),
+    );
+    encode(&PresenceDiff {
+        r#type: "presence_diff",
+        room,
+        joins: &joins,
+        leaves: &leaves,
+    })
+}
+
+#[derive(Serialize)]
+struct PresenceCounts<'a> {
+    r#type: &'static str,
+    room: &'a str,
+    joins: [&'a str; 0],
+    leaves: [&'a str; 0],
+    join_count: usize,
+    leave_count: usize,
+    present: usize,
+}
+
+/// A big room's diff: how many joined and left, and about how many are
+/// present, without names (a `presence` request stays exact).
+pub fn presence_counts(room: &str, joins: usize, leaves: usize, present: usize) -> Frame {
+    encode(&PresenceCounts {
+        r#type: "presence_diff",
+        room,
+        joins: [],
+        leaves: [],
+        join_count: joins,
+        leave_count: leaves,
+        present,
+    })
+}
+
 #[derive(Serialize)]
 struct Typing<'a> {
     r#type: &'static str,
@@ -341,6 +380,20 @@ mod tests {
         assert_eq!(
             parse(&joined("r", None, true, 2, None)),
             json!({"type":"joined","room":"r","pos":null,"recovered":true,"members":2})
+        );
+    }
+
+    #[test]
+    fn presence_diffs_gather_many_or_count() {
+        let (j, l) = (vec!["a".to_string(), "b".into()], vec!["c".to_string()]);
+        assert_eq!(
+            parse(&presence_diff_many("r", &j, &l)),
+            json!({"type":"presence_diff","room":"r","joins":["a","b"],"leaves":["c"]})
+        );
+        assert_eq!(
+            parse(&presence_counts("r", 2, 1, 1500)),
+            json!({"type":"presence_diff","room":"r","joins":[],"leaves":[],
+                   "join_count":2,"leave_count":1,"present":1500})
         );
     }
 
