@@ -14,8 +14,9 @@
 //!    join's own presence read had not counted yet, and the member becomes
 //!    active.
 //!
-//! Presence changes reach active members gathered: the room collects them for
-//! `presence.diff_interval_ms` and sends the net effect in one `presence_diff`
+//! With `presence.diff_interval_ms` above 0 (it is 0, one diff per change, by
+//! default), presence changes reach active members gathered: the room collects
+//! them for that long and sends the net effect in one `presence_diff`
 //! (counts instead of names above `presence.names_limit` present users), so a
 //! join storm costs each member a few frames instead of one per joiner
 //! ([`super::presence_batch`]). A joining member still gets the changes that

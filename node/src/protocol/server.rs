@@ -219,16 +219,16 @@ pub fn presence(room: &str, users: &[String], reference: Option<&Value>) -> Fram
 }
 
 #[derive(Serialize)]
-struct PresenceDiff<'a> {
+struct PresenceDiff<'a, S> {
     r#type: &'static str,
     room: &'a str,
-    joins: &'a [&'a str],
-    leaves: &'a [&'a str],
+    joins: &'a [S],
+    leaves: &'a [S],
 }
 
 pub fn presence_diff(room: &str, user: &str, joined: bool) -> Frame {
-    let one = [user];
-    let (joins, leaves): (&[&str], &[&str]) = if joined { (&one, &[]) } else { (&[], &one) };
+    let (one, none) = ([user], []);
+    let (joins, leaves): (&[&str], &[&str]) = if joined { (&one, &none) } else { (&none, &one) };
     encode(&PresenceDiff {
         r#type: "presence_diff",
         room,
@@ -239,15 +239,11 @@ pub fn presence_diff(room: &str, user: &str, joined: bool) -> Frame {
 
 /// Several users' changes in one frame (a room's gathered diff).
 pub fn presence_diff_many(room: &str, joins: &[String], leaves: &[String]) -> Frame {
-    let (joins, leaves): (Vec<&str>, Vec<&str>) = (
-        joins.iter().map(String::as_str).collect(),
-        leaves.iter().map(String::as_str).collect(),
-    );
     encode(&PresenceDiff {
         r#type: "presence_diff",
         room,
-        joins: &joins,
-        leaves: &leaves,
+        joins,
+        leaves,
     })
 }
 
