@@ -49,6 +49,22 @@ pub(crate) fn protocol(op: &str, cause: impl Display) -> BrokerError {
     BrokerError::Protocol(format!("{op}: {cause}").into())
 }
 
+/// Whether a JetStream error is a compare-and-set conflict: the stream's
+/// last sequence for the subject was not the one expected. The server answers
+/// code 10071 ("wrong last sequence: N") or, on a clustered stream, 10164
+/// ("wrong last sequence"); async-nats 0.51 gives only the first its conflict
+/// kind, so the cause chain is searched for either code.
+pub(crate) fn is_conflict(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::{Error, ErrorCode};
+    const CODES: [ErrorCode; 2] = [
+        ErrorCode::STREAM_WRONG_LAST_SEQUENCE,
+        ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT,
+    ];
+    std::iter::successors(Some(e), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<Error>())
+        .any(|e| CODES.contains(&e.error_code()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::error::timed_out;
+use crate::error::{is_conflict, timed_out};
 use crate::names::{Carries, Names};
 use crate::records::epoch_of;
 use crate::{NatsOptions, Storage};
@@ -294,7 +294,9 @@ impl Link {
         let ack = self.run("probe", send).await?;
         match tokio::time::timeout(REQUEST_TIMEOUT, ack.into_future()).await {
             Err(_) => Err(timed_out("probe")),
-            Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(()),
+            Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence || is_conflict(&e) => {
+                Ok(())
+            }
             Ok(Err(e)) => Err(BrokerError::unavailable("probe", e)),
             Ok(Ok(ack)) => {
                 // Cannot happen with a server that checks the header; the probe

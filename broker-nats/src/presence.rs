@@ -27,7 +27,7 @@ use chatmesh_broker::{codec, BrokerError, Envelope, NodeInfo, PresenceChange};
 use futures_util::TryStreamExt;
 use tracing::{debug, warn};
 
-use crate::error::timed_out;
+use crate::error::{is_conflict, timed_out};
 use crate::link::{Link, Session, REQUEST_TIMEOUT};
 use crate::names::{escape, unescape};
 use crate::records::{
@@ -88,7 +88,9 @@ pub(crate) async fn update_room(
                 .await
             {
                 Ok(Ok(_)) => Ok(true),
-                Ok(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+                Ok(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists || is_conflict(&e) => {
+                    Ok(false)
+                }
                 Ok(Err(e)) => Err(BrokerError::unavailable("presence", e)),
                 Err(_) => Err(timed_out("presence")),
             },
@@ -97,7 +99,11 @@ pub(crate) async fn update_room(
                     .await
                 {
                     Ok(Ok(_)) => Ok(true),
-                    Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+                    Ok(Err(e))
+                        if e.kind() == UpdateErrorKind::WrongLastRevision || is_conflict(&e) =>
+                    {
+                        Ok(false)
+                    }
                     Ok(Err(e)) => Err(BrokerError::unavailable("presence", e)),
                     Err(_) => Err(timed_out("presence")),
                 }
