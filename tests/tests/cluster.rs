@@ -535,6 +535,42 @@ async fn presence_across_nodes(backend: Backend) {
     assert_eq!(presence(&mut a, &room).await, everyone);
 }
 
+/// Users on both nodes join one room at once, each while others' joins are
+/// in flight on either node: every member's `joined.members` plus the joins
+/// in its diffs is everyone, once (no user counted twice, none missed).
+async fn a_join_storm_counts_everyone_once(backend: Backend) {
+    const USERS: usize = 40;
+    let cluster = start(backend, 2).await;
+    let room = cluster.room();
+    let mut clients = Vec::with_capacity(USERS);
+    for i in 0..USERS {
+        clients.push(strict(&cluster, i % 2, &cluster.user(&format!("u{i}"))).await);
+    }
+    let counts = join_all(clients.iter_mut().map(|c| {
+        let room = room.clone();
+        async move {
+            send(c, json!({"type": "join", "room": room})).await;
+            let joined = recv(c).await;
+            assert_eq!(joined["type"], "joined", "{}: {joined}", c.user());
+            let mut known = joined["members"].as_u64().unwrap_or(0) as usize;
+            while let Some(diff) = c
+                .try_recv(SILENCE)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"))
+            {
+                assert_eq!(diff["type"], "presence_diff", "{}: {diff}", c.user());
+                assert!(names(&diff, "leaves").is_empty(), "{}: {diff}", c.user());
+                known += names(&diff, "joins").len();
+            }
+            (c.user().to_owned(), known)
+        }
+    }))
+    .await;
+    for (user, known) in counts {
+        assert_eq!(known, USERS, "{user} learned of {known} of {USERS} users");
+    }
+}
+
 /// carol's node is killed (SIGKILL): members on the other nodes get a leave of
 /// carol within 3 × TTL, and `GET /api/v1/nodes`, which listed every node with
 /// its connection count, no longer lists the dead one.
@@ -1675,6 +1711,7 @@ macro_rules! cluster_suite {
                 recovery_on_another_node,
                 directs_reach_every_device,
                 presence_across_nodes,
+                a_join_storm_counts_everyone_once,
                 typing_and_read_relayed_across_nodes,
                 device_takeover_across_nodes,
                 http_publish_reaches_every_node,

@@ -1428,19 +1428,39 @@ async fn jwt_expiring_while_connected_closes_with_1008() {
     assert_eq!(code, Some(1008), "policy violation: token expired");
 }
 
-/// A join storm into one room: many users join at once. Presence changes
-/// are gathered (`presence.diff_interval_ms`), so members get a few diffs
-/// rather than one per joiner, and none is lost or doubled: each member's
+/// A join storm into one room: many users join at once, each while others'
+/// joins are still in flight. None is lost or doubled: each member's
 /// `joined.members` plus the joins in its diffs is everyone.
 #[tokio::test]
-#[ignore = "known bug (issue 15): a member that goes live while others' joins are in flight gets some of them twice (u1: 100 of 80 with one diff per change, 82 of 80 gathered); run with STORM_INTERVAL_MS=0|100"]
+async fn a_join_storm_tells_each_member_of_every_user_once() {
+    let seen = join_storm("0").await;
+    let frames: usize = seen.iter().map(|(_, f)| f).sum();
+    assert!(frames > STORM_USERS, "one diff per change: {frames} frames");
+}
+
+/// The same storm with presence gathered (`presence.diff_interval_ms`):
+/// members get a few diffs rather than one per joiner.
+#[tokio::test]
 async fn a_join_storm_gathers_presence_diffs() {
-    const USERS: usize = 80;
-    let interval = std::env::var("STORM_INTERVAL_MS").unwrap_or_else(|_| "100".into());
-    let node = start_node_with(&[("CHATMESH_PRESENCE__DIFF_INTERVAL_MS", &interval)]).await;
+    let seen = join_storm("100").await;
+    let frames: usize = seen.iter().map(|(_, f)| f).sum();
+    // One diff per change would be about USERS²/2 = 3,200 frames.
+    assert!(
+        frames <= STORM_USERS * 10,
+        "{frames} presence_diff frames for {STORM_USERS} joins"
+    );
+}
+
+const STORM_USERS: usize = 80;
+
+/// Joins `STORM_USERS` users into one room at once on a node gathering
+/// presence for `interval_ms`; checks every member learned of every user
+/// exactly once and returns what each learned and in how many frames.
+async fn join_storm(interval_ms: &str) -> Vec<(usize, usize)> {
+    let node = start_node_with(&[("CHATMESH_PRESENCE__DIFF_INTERVAL_MS", interval_ms)]).await;
     let room = room();
-    let mut clients = Vec::with_capacity(USERS);
-    for i in 0..USERS {
+    let mut clients = Vec::with_capacity(STORM_USERS);
+    for i in 0..STORM_USERS {
         clients.push(strict_client(&node, &format!("u{i}")).await);
     }
     let joins = clients.iter_mut().map(|c| {
@@ -1466,12 +1486,10 @@ async fn a_join_storm_gathers_presence_diffs() {
     });
     let seen = futures_util::future::join_all(joins).await;
     for (i, (known, _)) in seen.iter().enumerate() {
-        assert_eq!(*known, USERS, "u{i} learned of {known} of {USERS} users");
+        assert_eq!(
+            *known, STORM_USERS,
+            "u{i} learned of {known} of {STORM_USERS} users"
+        );
     }
-    let frames: usize = seen.iter().map(|(_, f)| f).sum();
-    // One diff per change would be about USERS²/2 = 3,200 frames.
-    assert!(
-        frames <= USERS * 10,
-        "{frames} presence_diff frames for {USERS} joins"
-    );
+    seen
 }

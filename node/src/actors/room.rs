@@ -10,17 +10,18 @@
 //!    everything after `since`, or just the newest position;
 //! 3. `joined` goes out, then the replayed messages, then the buffered live
 //!    frames whose position is after the last one sent (dropping the overlap
-//!    between history and live traffic) and the presence changes that the
-//!    join's own presence read had not counted yet, and the member becomes
-//!    active.
+//!    between history and live traffic), and the member becomes active.
+//!
+//! Presence is counted against one view per room ([`super::presence_view`]):
+//! `joined` carries the view's size, and a change is sent only when it moves
+//! the view, so a member's count plus its diffs never counts a user twice.
 //!
 //! With `presence.diff_interval_ms` above 0 (it is 0, one diff per change, by
 //! default), presence changes reach active members gathered: the room collects
 //! them for that long and sends the net effect in one `presence_diff`
 //! (counts instead of names above `presence.names_limit` present users), so a
 //! join storm costs each member a few frames instead of one per joiner
-//! ([`super::presence_batch`]). A joining member still gets the changes that
-//! arrived during its join one by one, as before; it then accounts for every
+//! ([`super::presence_batch`]). A joining member's count accounts for every
 //! change the room had received, and later diffs start after those.
 //!
 //! The room's own [`Cursor`] (where its fan-out stands) is only ever moved by
@@ -28,7 +29,7 @@
 //! fanned out nothing its starting point. A later join never moves it, so it
 //! can never skip messages the room has not fanned out to its other members.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ use serde_json::Value;
 use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
 
 use super::presence_batch::{Net, PresenceBatch};
+use super::presence_view::PresenceView;
 use super::subscriptions::Ready;
 use crate::ids::ConnId;
 use crate::outbox::Outbox;
@@ -73,9 +75,9 @@ enum State {
 struct Held {
     pos: Option<Pos>,
     frame: Frame,
-    /// For a presence change: whose, and whether a join. A change can reach the
-    /// room after the joiner's own presence read already saw it; `go_live`
-    /// drops those, so a member gets diffs only for changes after its `joined`.
+    /// For a presence change that came before the room's view was seeded:
+    /// whose, and whether a join. It seeds the view if this join is the first
+    /// to finish; the member is never sent it (its count includes it).
     presence: Option<(String, bool)>,
 }
 
@@ -124,9 +126,8 @@ pub struct Room {
     holds: u64,
     /// Presence changes waiting for the next gathered diff.
     presence: PresenceBatch,
-    /// About how many users are present cluster-wide: the newest join's
-    /// presence read, moved by the diffs since. Picks names or counts.
-    present_estimate: usize,
+    /// Who is present, as far as this room's members have been told.
+    view: PresenceView,
 }
 
 /// How long a failed catch-up waits before it reads again (live deliveries
@@ -182,7 +183,7 @@ impl Room {
             again: false,
             holds: 0,
             presence: PresenceBatch::default(),
-            present_estimate: 0,
+            view: PresenceView::default(),
         }
     }
 
@@ -264,7 +265,7 @@ struct Joining {
     replay: Vec<(Pos, chatmesh_broker::RoomMessage)>,
     recovered: bool,
     /// The users present when the join read presence (after its own entry).
-    present: BTreeSet<String>,
+    present: Vec<String>,
 }
 
 impl Handler<Join> for Room {
@@ -325,7 +326,7 @@ async fn read_join(
         None => HistoryQuery::Latest { limit: 0 },
     };
     let history = broker.history(&join.room, query).await?;
-    let present = broker.presence(&join.room).await?.into_iter().collect();
+    let present = broker.presence(&join.room).await?;
     let recovered = join.since.is_none() || history.complete;
     Ok(Joining {
         latest: history.latest,
@@ -397,20 +398,29 @@ impl Room {
             // everything after its newest position reaches the room.
             self.cursor = Cursor::After(joining.latest);
         }
-        self.present_estimate = joining.present.len();
         let seen = self.presence.seq();
-        if let Some(member) = self.members.get_mut(&conn) {
-            member.go_live(&self.name, joining, reference);
-            member.presence_seen = seen;
+        let Some(member) = self.members.get_mut(&conn) else {
+            return Ok(());
+        };
+        if let State::Pending { buffer, .. } = &member.state {
+            let later = buffer.iter().filter_map(|h| h.presence.as_ref());
+            self.view.seed(
+                joining.present.iter().map(String::as_str),
+                later.map(|(u, j)| (u.as_str(), *j)),
+            );
         }
+        let count = self.view.count_for(&member.user);
+        member.go_live(&self.name, joining, count, reference);
+        member.presence_seen = seen;
         Ok(())
     }
 }
 
 impl Member {
-    /// Sends `joined`, then the replayed messages, then the live frames that
-    /// waited and come after them, and makes the member active.
-    fn go_live(&mut self, room: &str, joining: Joining, reference: Option<&Value>) {
+    /// Sends `joined` (with `present` users), then the replayed messages, then
+    /// the live frames that waited and come after them, and makes the member
+    /// active.
+    fn go_live(&mut self, room: &str, joining: Joining, present: usize, reference: Option<&Value>) {
         let State::Pending { buffer, .. } = std::mem::replace(&mut self.state, State::Active)
         else {
             return;
@@ -420,7 +430,7 @@ impl Member {
             room,
             joining.latest,
             joining.recovered,
-            joining.present.len(),
+            present,
             reference,
         ));
         let mut last = joining.latest;
@@ -430,18 +440,9 @@ impl Member {
                 last = Some(*pos);
             }
         }
-        let mut view = joining.present;
         for held in buffer {
-            if let Some((user, joined)) = held.presence {
-                // Already in the presence `joined` counted: not news to this member.
-                if view.contains(&user) == joined {
-                    continue;
-                }
-                if joined {
-                    view.insert(user);
-                } else {
-                    view.remove(&user);
-                }
+            if held.presence.is_some() {
+                continue;
             }
             if held.pos.is_none_or(|p| is_after(p, last)) {
                 let _ = outbox.send(held.frame);
@@ -490,17 +491,20 @@ impl Room {
         !self.settings.presence_interval.is_zero()
     }
 
-    /// Fans a live delivery out; a presence change also joins the next
-    /// gathered diff for active members.
+    /// Fans a live delivery out. A presence change is news only if it moves
+    /// the room's view; it also joins the next gathered diff for active members.
     fn deliver(&mut self, delivery: &Delivery, ctx: &mut Context<Self>) {
-        self.fan_out(delivery);
-        if let (Envelope::Presence(p), true) = (&delivery.envelope, self.gathers_presence()) {
-            if self.presence.push(&p.user, p.joined) {
+        if let Envelope::Presence(p) = &delivery.envelope {
+            if !self.view.apply(&p.user, p.joined) {
+                return;
+            }
+            if self.gathers_presence() && self.presence.push(&p.user, p.joined) {
                 ctx.run_later(self.settings.presence_interval, |act, _| {
                     act.flush_presence()
                 });
             }
         }
+        self.fan_out(delivery);
     }
 
     /// Sends every active member the net effect of the gathered changes it
@@ -510,8 +514,7 @@ impl Room {
         let (start, changes) = self.presence.take();
         let end = start + changes.len() as u64;
         let all = Net::of(&changes);
-        let present = (self.present_estimate + all.joins.len()).saturating_sub(all.leaves.len());
-        self.present_estimate = present;
+        let present = self.view.present();
         let counts = present > self.settings.presence_names_limit;
         let frame = |net: &Net| match counts {
             true => server::presence_counts(&self.name, net.joins.len(), net.leaves.len(), present),
@@ -559,8 +562,9 @@ impl Room {
             return;
         };
         let limit = self.settings.outbound_bytes;
-        let gathered =
-            matches!(delivery.envelope, Envelope::Presence(_)) && self.gathers_presence();
+        let presence = matches!(delivery.envelope, Envelope::Presence(_));
+        let gathered = presence && self.gathers_presence();
+        let seeded = self.view.is_known();
         let mut delivered = 0;
         for member in self.members.values_mut() {
             if skip_user == Some(&*member.user) {
@@ -580,6 +584,9 @@ impl Room {
                         delivered += 1;
                     }
                 }
+                // Once the view is seeded, it already counts this change for
+                // the pending member's `joined`.
+                State::Pending { .. } if presence && seeded => {}
                 State::Pending { buffer, bytes } => {
                     // A join whose history read stalls must not buffer without bound.
                     *bytes += frame.len();
