@@ -65,6 +65,46 @@ pub enum Mode {
     /// each node's RSS and open fds; at the end check that no room, user or
     /// presence state is left.
     Soak(SoakArgs),
+    /// A deploy's reconnect storm: clients on the first node, SIGTERM (1012),
+    /// every client reconnects to the last node and joins with `since`; the
+    /// move's rate and latency, and a check that nothing was lost or doubled.
+    Storm(StormArgs),
+}
+
+/// Options of `chatmesh-bench storm`.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct StormArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub system: SystemArgs,
+    /// Clients moved by the storm.
+    #[arg(long, default_value_t = 5000)]
+    pub clients: usize,
+    /// Rooms (0: clients / 100), each a block of consecutive clients.
+    #[arg(long, default_value_t = 0)]
+    pub rooms: usize,
+    /// Connects and joins in flight at once, before and during the storm.
+    #[arg(long, default_value_t = 200)]
+    pub in_flight: usize,
+    /// Messages published to each room before the storm.
+    #[arg(long, default_value_t = 5)]
+    pub backlog: usize,
+    /// Messages/s the publisher sends (over every room) during the storm.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Result JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl StormArgs {
+    pub fn rooms(&self) -> usize {
+        if self.rooms > 0 {
+            self.rooms
+        } else {
+            (self.clients / 100).max(1)
+        }
+    }
 }
 
 /// Options of `chatmesh-bench soak`.

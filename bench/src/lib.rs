@@ -4,6 +4,7 @@
 //! - [`client`]: one WebSocket client task; [`stats`]: histograms and counters;
 //! - [`run`]: connect, rate steps, saturation search, idle mode; [`ticker`]: progress;
 //! - [`soak`]: long churn with RSS/fd sampling and a check that no state is left;
+//! - [`storm`]: a deploy's reconnect storm, its rate, latency and an exactness check;
 //! - [`spawn`]: starting brokers and nodes; [`procstat`]: CPU and RSS from `/proc`;
 //! - [`report`], [`plot`], [`versions`]: JSON result, markdown, SVG, versions.
 
@@ -16,6 +17,7 @@ pub mod run;
 pub mod soak;
 pub mod spawn;
 pub mod stats;
+pub mod storm;
 pub mod ticker;
 pub mod topology;
 pub mod versions;

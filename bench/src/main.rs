@@ -18,7 +18,7 @@ use chatmesh_bench::cli::{self, Args, Mode};
 use chatmesh_bench::procstat::{self, Role, Watched};
 use chatmesh_bench::report::{self, BrokerConnections, Memory, NofileLimit, RunResult, Scenario};
 use chatmesh_bench::topology::Topology;
-use chatmesh_bench::{plot, run, soak, spawn, ticker, versions};
+use chatmesh_bench::{plot, run, soak, spawn, storm, ticker, versions};
 
 /// Wanted open-file limit: enough for 20k+ connections in the generator and a node.
 const NOFILE_WANTED: u64 = 262_144;
@@ -87,6 +87,10 @@ async fn main() -> Result<()> {
     if let Some(Mode::Soak(soak_args)) = &args.mode {
         raise_nofile(soak_args.clients as u64 + 1024);
         return soak::run(soak_args, &command).await;
+    }
+    if let Some(Mode::Storm(storm_args)) = &args.mode {
+        raise_nofile(storm_args.clients as u64 * 2 + 1024);
+        return storm::run(storm_args, &command).await;
     }
     let started = unix_ms();
     let clients = args.connections();

@@ -61,6 +61,19 @@ impl Drop for System {
 }
 
 impl System {
+    /// Sends SIGTERM to node `i`: it drains (closes its clients with 1012).
+    pub fn terminate(&self, i: usize) -> Result<()> {
+        let node = self.nodes.get(i).context("no such node")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &node.pid().to_string()])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed: {status}", node.pid());
+        }
+        Ok(())
+    }
+
     /// The processes to sample: every node, then the broker.
     pub fn watched(&self) -> Vec<Watched> {
         let mut watched: Vec<Watched> = self
