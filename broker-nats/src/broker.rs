@@ -1,6 +1,6 @@
 //! [`NatsBroker`]: the [`Broker`] trait on NATS with JetStream.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,8 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::CreateErrorKind;
 use async_nats::HeaderMap;
 use async_trait::async_trait;
-use chatmesh_broker::support::{self, shell::event_channel, LocalPresence, Shell};
+use chatmesh_broker::support::presence::Rooms;
+use chatmesh_broker::support::{self, shell::event_channel, Join, LocalPresence, Shell};
 use chatmesh_broker::{
     codec, Broker, BrokerError, BrokerEvent, BrokerSettings, Capabilities, DedupeKey,
     DirectMessage, Envelope, History, HistoryLife, HistoryQuery, NodeInfo, Pos, Presence, PubSub,
@@ -309,38 +310,60 @@ impl PubSub for NatsBroker {
     }
 }
 
+/// The room lists to write for a batch of joins: a node's list changes only
+/// with its first entries in a room, that is when every entry it holds there
+/// came with this batch.
+fn new_room_lists(local: &Rooms, joins: &[Join]) -> BTreeMap<String, BTreeSet<String>> {
+    let rooms_of = |node: &str| -> BTreeSet<String> {
+        local
+            .iter()
+            .filter(|(_, e)| e.iter().any(|(_, n)| n == node))
+            .map(|(r, _)| r.clone())
+            .collect()
+    };
+    let mut lists = BTreeMap::new();
+    for (room, (_, node)) in joins {
+        let in_batch = joins
+            .iter()
+            .filter(|(r, (_, n))| r == room && n == node)
+            .count();
+        let held = local
+            .get(room)
+            .map_or(0, |e| e.iter().filter(|(_, n)| n == node).count());
+        if held <= in_batch && !lists.contains_key(node) {
+            lists.insert(node.clone(), rooms_of(node));
+        }
+    }
+    lists
+}
+
 #[async_trait]
 impl Presence for NatsBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
         let session = inner.session()?;
-        let entry = (user.to_owned(), node.to_owned());
         let link = &inner.link;
         inner
             .presence
-            .join(room, user, node, |local| {
-                // The node's room list changes only with its first entry in a room.
-                let had_room = local
-                    .get(room)
-                    .is_some_and(|e| e.iter().any(|(u, n)| n == node && u != user));
-                let rooms: Option<BTreeSet<String>> = (!had_room).then(|| {
-                    local
-                        .iter()
-                        .filter(|(_, e)| e.iter().any(|(_, n)| n == node))
-                        .map(|(r, _)| r.clone())
-                        .collect()
-                });
+            .join_batched(room, user, node, |local, joins| {
+                let lists = new_room_lists(local, &joins);
                 let session = &session;
                 async move {
-                    if let Some(rooms) = rooms {
+                    for (node, rooms) in &lists {
                         presence::ensure_node(link, session, node).await?;
-                        presence::put_node_rooms(link, session, node, &rooms).await?;
+                        presence::put_node_rooms(link, session, node, rooms).await?;
                     }
-                    presence::update_room(link, session, room, |e| {
-                        e.insert(entry.clone());
-                    })
-                    .await
-                    .map(|_| ())
+                    let mut by_room: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+                    for (room, entry) in joins {
+                        by_room.entry(room).or_default().push(entry);
+                    }
+                    let writes = by_room.iter().map(|(room, entries)| {
+                        presence::update_room(link, session, room, move |e| {
+                            e.extend(entries.iter().cloned());
+                        })
+                    });
+                    futures_util::future::try_join_all(writes).await?;
+                    Ok(())
                 }
             })
             .await

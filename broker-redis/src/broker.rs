@@ -1,11 +1,11 @@
 //! [`RedisBroker`]: the [`Broker`] trait on Redis (one server or a cluster).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chatmesh_broker::support::{self, shell::event_channel, LocalPresence, Shell};
+use chatmesh_broker::support::{self, shell::event_channel, Join, LocalPresence, Shell};
 use chatmesh_broker::{
     codec, Broker, BrokerError, BrokerEvent, BrokerSettings, Capabilities, DedupeKey,
     DirectMessage, Envelope, History, HistoryQuery, NodeInfo, Pos, Presence, PresenceChange,
@@ -147,6 +147,31 @@ impl Inner {
     /// `removes`, sweeps expired fields and those of `dead` nodes. Encodes the
     /// change envelopes the script may publish, and calls again when the script
     /// found users to sweep whose `left` envelope it was not given.
+    /// A batch of joins: one `SADD` per node to its room list, then one
+    /// presence script per room, the rooms at once.
+    async fn write_joins(&self, joins: &[Join]) -> Result<(), BrokerError> {
+        let mut by_node: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut by_room: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
+        for (room, entry) in joins {
+            by_node.entry(&entry.1).or_default().insert(room);
+            by_room.entry(room).or_default().push(entry.clone());
+        }
+        let mut conn = self.conn()?;
+        for (node, rooms) in by_node {
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(self.names.node_rooms(node))
+                .arg(rooms.into_iter().collect::<Vec<_>>());
+            self.link
+                .run("presence_join", sadd.query_async::<Value>(&mut conn))
+                .await?;
+        }
+        let writes = by_room
+            .iter()
+            .map(|(room, own)| self.presence_sync(room, own, &[], &[]));
+        futures_util::future::try_join_all(writes).await?;
+        Ok(())
+    }
+
     async fn presence_sync(
         &self,
         room: &str,
@@ -401,22 +426,12 @@ impl PubSub for RedisBroker {
 impl Presence for RedisBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let entry = (user.to_owned(), node.to_owned());
-        let write = async {
-            let mut conn = inner.conn()?;
-            let sadd = redis::cmd("SADD")
-                .arg(inner.names.node_rooms(node))
-                .arg(room)
-                .to_owned();
-            inner
-                .link
-                .run("presence_join", sadd.query_async::<Value>(&mut conn))
-                .await?;
-            inner
-                .presence_sync(room, std::slice::from_ref(&entry), &[], &[])
-                .await
-        };
-        inner.presence.join(room, user, node, |_| write).await
+        inner
+            .presence
+            .join_batched(room, user, node, |_, joins| async move {
+                inner.write_joins(&joins).await
+            })
+            .await
     }
 
     async fn presence_leave(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {

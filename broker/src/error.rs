@@ -40,6 +40,18 @@ impl BrokerError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, BrokerError::Unavailable(_))
     }
+
+    /// The same kind and message, for each caller of one shared write (the
+    /// client library's error stays with the first, in the log).
+    pub fn shared(&self) -> BrokerError {
+        let cause = |c: &Cause| Cause::from(c.to_string());
+        match self {
+            BrokerError::Unavailable(c) => BrokerError::Unavailable(cause(c)),
+            BrokerError::Invalid(c) => BrokerError::Invalid(cause(c)),
+            BrokerError::Protocol(c) => BrokerError::Protocol(cause(c)),
+            BrokerError::Closed => BrokerError::Closed,
+        }
+    }
 }
 
 /// What failed (the operation, in words) and, when a client library said why,

@@ -7,11 +7,17 @@
 //! leave removes it first, whatever the broker says (an entry it failed to
 //! delete then expires with the TTL). Joins, leaves and heartbeats hold one
 //! lock, so a heartbeat never re-adds an entry a leave has just removed.
+//!
+//! That lock would make joins wait for each other's round trips, so
+//! [`LocalPresence::join_batched`] commits them in groups: a join that finds
+//! the lock busy leaves its entry in a queue, and the next holder writes every
+//! queued entry at once (one round trip per batch, not per join).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::PoisonError;
 
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{oneshot, Mutex, MutexGuard};
 
 use crate::BrokerError;
 
@@ -21,10 +27,20 @@ pub type Entries = BTreeSet<(String, String)>;
 /// Room → this node's entries in it.
 pub type Rooms = BTreeMap<String, Entries>;
 
+/// One join of a batch: the room and its `(user, node)` entry.
+pub type Join = (String, (String, String));
+
+/// A join waiting for the batch that writes it.
+struct Waiting {
+    join: Join,
+    done: oneshot::Sender<Result<(), BrokerError>>,
+}
+
 /// See the module docs.
 #[derive(Default)]
 pub struct LocalPresence {
     rooms: Mutex<Rooms>,
+    waiting: std::sync::Mutex<Vec<Waiting>>,
 }
 
 impl LocalPresence {
@@ -58,6 +74,67 @@ impl LocalPresence {
             remove(&mut rooms, room, &entry);
         }
         result
+    }
+
+    /// [`LocalPresence::join`] committed in groups (module docs): `write` gets
+    /// every join of the batch, with the lock held and the entries added, and
+    /// its result is every join's. Writing an entry twice must be harmless:
+    /// when the caller that took this join into its batch is cancelled, the
+    /// join is queued again.
+    pub async fn join_batched<W, F>(
+        &self,
+        room: &str,
+        user: &str,
+        node: &str,
+        write: W,
+    ) -> Result<(), BrokerError>
+    where
+        W: Fn(&Rooms, Vec<Join>) -> F,
+        F: Future<Output = Result<(), BrokerError>>,
+    {
+        loop {
+            let (done, result) = oneshot::channel();
+            let join = (room.to_owned(), (user.to_owned(), node.to_owned()));
+            self.queue().push(Waiting { join, done });
+            {
+                let mut rooms = self.rooms.lock().await;
+                let batch = std::mem::take(&mut *self.queue());
+                if !batch.is_empty() {
+                    Self::write_batch(&mut rooms, batch, &write).await;
+                }
+            }
+            if let Ok(result) = result.await {
+                return result;
+            }
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
+        // Nothing panics while holding it; a poisoned queue is still a queue.
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn write_batch<W, F>(rooms: &mut Rooms, batch: Vec<Waiting>, write: &W)
+    where
+        W: Fn(&Rooms, Vec<Join>) -> F,
+        F: Future<Output = Result<(), BrokerError>>,
+    {
+        let (joins, done): (Vec<Join>, Vec<_>) =
+            batch.into_iter().map(|w| (w.join, w.done)).unzip();
+        let fresh: Vec<Join> = joins
+            .iter()
+            .filter(|(room, entry)| rooms.entry(room.clone()).or_default().insert(entry.clone()))
+            .cloned()
+            .collect();
+        let result = write(rooms, joins).await;
+        if result.is_err() {
+            for (room, entry) in &fresh {
+                remove(rooms, room, entry);
+            }
+        }
+        for done in done {
+            let _ = done.send(result.as_ref().map_err(BrokerError::shared).copied());
+        }
     }
 
     /// Removes `(user, node)` from `room`, then runs `write` (the broker's part
@@ -250,5 +327,119 @@ mod tests {
             .await
             .is_err());
         assert!(p.lock().await.is_empty(), "an empty room is dropped too");
+    }
+
+    /// A write that takes a while, counting its calls and their sizes.
+    #[derive(Default)]
+    struct SlowWrites {
+        batches: std::sync::Mutex<Vec<usize>>,
+        fail: bool,
+    }
+
+    impl SlowWrites {
+        async fn write(&self, joins: Vec<Join>) -> Result<(), BrokerError> {
+            self.batches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(joins.len());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if self.fail {
+                refused()
+            } else {
+                Ok(())
+            }
+        }
+
+        fn batches(&self) -> Vec<usize> {
+            self.batches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
+    }
+
+    type Shared = (std::sync::Arc<LocalPresence>, std::sync::Arc<SlowWrites>);
+
+    /// Starts a join of `user` in `room` as a task of its own.
+    fn join_task(
+        s: &Shared,
+        room: &str,
+        user: &str,
+    ) -> tokio::task::JoinHandle<Result<(), BrokerError>> {
+        let (p, w) = s.clone();
+        let (room, user) = (room.to_owned(), user.to_owned());
+        tokio::spawn(async move {
+            p.join_batched(&room, &user, "n1", |_, j| {
+                let w = w.clone();
+                async move { w.write(j).await }
+            })
+            .await
+        })
+    }
+
+    async fn storm(s: &Shared, n: usize) -> Vec<Result<(), BrokerError>> {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| join_task(s, &format!("r{}", i % 3), &format!("u{i}")))
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap_or_else(|e| panic!("join task: {e}")));
+        }
+        results
+    }
+
+    #[tokio::test]
+    async fn concurrent_joins_are_written_in_batches() {
+        let s: Shared = Default::default();
+        let results = storm(&s, 50).await;
+        assert!(results.iter().all(Result::is_ok));
+        let batches = s.1.batches();
+        assert_eq!(
+            batches.iter().sum::<usize>(),
+            50,
+            "every join written once: {batches:?}"
+        );
+        assert!(
+            batches.len() <= 3,
+            "joins that queued while one wrote share a batch: {batches:?}"
+        );
+        let rooms = s.0.lock().await.clone();
+        assert_eq!(rooms.values().map(BTreeSet::len).sum::<usize>(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_every_join_in_it_and_takes_them_back() {
+        let s: Shared = (
+            Default::default(),
+            std::sync::Arc::new(SlowWrites {
+                fail: true,
+                ..Default::default()
+            }),
+        );
+        let results = storm(&s, 20).await;
+        assert!(results
+            .iter()
+            .all(|r| matches!(r, Err(BrokerError::Unavailable(_)))));
+        assert!(s.0.lock().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_join_whose_batch_writer_is_cancelled_is_written_again() {
+        let s: Shared = Default::default();
+        let pause = || tokio::time::sleep(std::time::Duration::from_millis(5));
+        let held = s.0.lock().await;
+        // Both queue behind the lock; bob came first, so he takes the lock
+        // and alice's join into his batch, and is cancelled mid-write.
+        let bob = join_task(&s, "r", "bob");
+        pause().await;
+        let alice = join_task(&s, "r", "alice");
+        pause().await;
+        drop(held);
+        pause().await;
+        assert_eq!(s.1.batches(), vec![2], "bob writes both joins");
+        bob.abort();
+        let alice = alice.await.unwrap_or_else(|e| panic!("alice's task: {e}"));
+        alice.expect("alice's join is queued again and written");
+        assert_eq!(s.1.batches(), vec![2, 1]);
     }
 }
