@@ -9,10 +9,16 @@
 //! later message of that room exists too: that is how `Since` proves it misses
 //! nothing, in one read.
 //!
-//! The newest position is one direct get (`last_by_subj`). Ranges are read by
-//! an ephemeral ordered push consumer filtered on the room's subject, starting
-//! at a sequence and read until the consumer has nothing pending or the upper
-//! bound is reached. A read never holds more than `history.size + 1` messages.
+//! The newest position is one direct get (`last_by_subj`). Ranges are read
+//! with one batched direct get (NATS ≥ 2.11: `next_by_subj` from a sequence,
+//! `batch` up to `history.size + 1`, ended by an `EOB` status), which creates
+//! nothing on the server. Every range ends at the room's newest sequence, read
+//! from the leader, so a batch that does not reach it came from a replica that
+//! is behind (or from a server without batches); then, and only then, the
+//! range is read by an ephemeral ordered push consumer instead. Consumers
+//! cost a stream slot each (NATS 2.15 allows 1000 per stream by default), and
+//! a reconnect storm reading one per join ran out of them. A read never holds
+//! more than `history.size + 1` messages.
 
 use std::collections::VecDeque;
 
@@ -81,7 +87,7 @@ pub(crate) async fn message_at(
 }
 
 /// The room's messages with sequences in `from..=to`, oldest first, keeping
-/// only the newest `keep`.
+/// only the newest `keep`; `to` is the room's newest sequence.
 async fn read_range(
     link: &Link,
     session: &Session,
@@ -90,10 +96,97 @@ async fn read_range(
     to: u64,
     keep: usize,
 ) -> Result<Vec<(u64, RoomMessage)>, BrokerError> {
-    let mut out: VecDeque<(u64, RoomMessage)> = VecDeque::new();
     if from > to || keep == 0 {
         return Ok(Vec::new());
     }
+    match read_batch(link, session, room, from, to, keep).await? {
+        Some(read) => Ok(read),
+        None => read_by_consumer(link, session, room, from, to, keep).await,
+    }
+}
+
+/// Keeps the newest `keep` of a read, oldest first.
+fn push_kept(out: &mut VecDeque<(u64, RoomMessage)>, seq: u64, payload: &[u8], keep: usize) {
+    match codec::decode(payload) {
+        Ok(Envelope::Message(m)) => {
+            out.push_back((seq, m));
+            if out.len() > keep {
+                out.pop_front();
+            }
+        }
+        Ok(_) => warn!(seq, "stored entry is not a room message"),
+        Err(cause) => warn!(seq, %cause, "undecodable stored message skipped"),
+    }
+}
+
+/// [`read_range`] by one batched direct get; `None` when the answer does not
+/// reach `to` (a replica behind the leader, or a server without batches).
+async fn read_batch(
+    link: &Link,
+    session: &Session,
+    room: &str,
+    from: u64,
+    to: u64,
+    keep: usize,
+) -> Result<Option<Vec<(u64, RoomMessage)>>, BrokerError> {
+    let header = |m: &async_nats::Message, name: &str| -> Option<u64> {
+        m.headers.as_ref()?.get(name)?.as_str().parse().ok()
+    };
+    let client = &session.client;
+    let inbox = client.new_inbox();
+    let mut answers = link.run("history", client.subscribe(inbox.clone())).await?;
+    let batch = link.settings.history_size.max(1) + 1;
+    let request = serde_json::json!({
+        "seq": from.max(1),
+        "next_by_subj": link.names.stored(room),
+        "batch": batch,
+    });
+    let api = format!("$JS.API.DIRECT.GET.{}", link.names.rooms_stream());
+    let send = client.publish_with_reply(api, inbox, request.to_string().into());
+    link.run("history", send).await?;
+    let mut out = VecDeque::new();
+    let mut last = None;
+    loop {
+        let msg = match tokio::time::timeout(REQUEST_TIMEOUT, answers.next()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(BrokerError::Unavailable("history: batch read ended".into())),
+            Err(_) => return Err(timed_out("history")),
+        };
+        match msg.status.map(|s| s.as_u16()) {
+            // End of batch, or nothing at or after `from`.
+            Some(204) | Some(404) => break,
+            Some(_) => return Ok(None),
+            None => {}
+        }
+        let (Some(seq), Some(_)) = (
+            header(&msg, "Nats-Sequence"),
+            header(&msg, "Nats-Num-Pending"),
+        ) else {
+            // A server that ignores `batch` answers one message without these.
+            return Ok(None);
+        };
+        if seq > to {
+            break;
+        }
+        push_kept(&mut out, seq, &msg.payload, keep);
+        last = Some(seq);
+        if seq == to {
+            break;
+        }
+    }
+    Ok((last == Some(to)).then(|| out.into()))
+}
+
+/// [`read_range`] by an ephemeral ordered push consumer.
+async fn read_by_consumer(
+    link: &Link,
+    session: &Session,
+    room: &str,
+    from: u64,
+    to: u64,
+    keep: usize,
+) -> Result<Vec<(u64, RoomMessage)>, BrokerError> {
+    let mut out: VecDeque<(u64, RoomMessage)> = VecDeque::new();
     let config = push::OrderedConfig {
         deliver_subject: session.client.new_inbox(),
         filter_subject: link.names.stored(room),
@@ -129,16 +222,7 @@ async fn read_range(
         if seq > to {
             break;
         }
-        match codec::decode(&next.payload) {
-            Ok(Envelope::Message(m)) => {
-                out.push_back((seq, m));
-                if out.len() > keep {
-                    out.pop_front();
-                }
-            }
-            Ok(_) => warn!(seq, "stored entry is not a room message"),
-            Err(cause) => warn!(seq, %cause, "undecodable stored message skipped"),
-        }
+        push_kept(&mut out, seq, &next.payload, keep);
         if pending == 0 || seq == to {
             break;
         }

@@ -244,6 +244,36 @@ fn subscription_count(r: &NatsServer) -> usize {
     monitor_number(r, "/connz?subs=1", "subscriptions")
 }
 
+/// History ranges are batched direct gets: a reconnect storm's reads create
+/// no consumer, so more of them at once than the stream's consumer limit
+/// (1000 by default since NATS 2.15) all succeed.
+#[tokio::test]
+async fn a_storm_of_history_reads_creates_no_consumer() {
+    let r = server();
+    let ns = ns("storm");
+    let (a, _rx) = node(&r.url(), settings(&ns, 10, TTL)).await;
+    let mut first = None;
+    for i in 0..5 {
+        let ack = a
+            .publish_message(msg("s", &i.to_string()), None)
+            .await
+            .expect("pub");
+        first = first.or(ack.pos);
+    }
+    let since = first.expect("a position");
+    let reads = (0..1200).map(|_| a.history("s", HistoryQuery::Since { pos: since }));
+    for h in futures_util::future::join_all(reads).await {
+        let h = h.expect("every read succeeds");
+        assert!(h.complete);
+        assert_eq!(ids(&h), ["1", "2", "3", "4"]);
+    }
+    assert_eq!(
+        monitor_number(&r, "/jsz", "consumers"),
+        0,
+        "no read made a consumer"
+    );
+}
+
 #[tokio::test]
 async fn a_fixed_number_of_connections_whatever_the_topics() {
     let r = server();
