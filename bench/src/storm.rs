@@ -67,6 +67,8 @@ struct Seen {
     room: usize,
     ids: HashSet<String>,
     duplicates: u64,
+    /// `presence_diff` frames, from the first join on.
+    presence_frames: u64,
     not_recovered: bool,
     error: Option<String>,
 }
@@ -107,6 +109,9 @@ pub struct StormResult {
     pub duplicated: u64,
     pub unexpected: u64,
     pub not_recovered: u64,
+    /// `presence_diff` frames per client over the whole run: mean and most.
+    pub presence_frames_mean: f64,
+    pub presence_frames_max: u64,
     pub client_errors: Vec<String>,
     pub versions: versions::Versions,
     pub machine: versions::Machine,
@@ -125,10 +130,12 @@ async fn join(ws: &mut Ws, room: &str, since: Option<&str>) -> Result<Frame> {
     }
     send(ws, join).await?;
     while let Some(msg) = ws.next().await {
-        if let Some(f) = parse(msg?)? {
+        let msg = msg?;
+        let text = msg.to_text().unwrap_or_default().to_owned();
+        if let Some(f) = parse(msg)? {
             match f.kind.as_str() {
                 "joined" => return Ok(f),
-                "error" => bail!("join refused"),
+                "error" => bail!("join refused: {text}"),
                 _ => {}
             }
         }
@@ -224,6 +231,9 @@ async fn live_until_closed(ws: &mut Ws, sh: &Shared, seen: &mut Seen, last: &mut
 
 /// Counts a `message` frame and keeps its position.
 fn take(seen: &mut Seen, f: Frame, last: &mut Option<String>) {
+    if f.kind == "presence_diff" {
+        seen.presence_frames += 1;
+    }
     if f.kind != "message" {
         return;
     }
@@ -430,6 +440,7 @@ fn summarize(
 ) -> StormResult {
     let (mut lost, mut duplicated, mut unexpected, mut not_recovered) = (0, 0, 0, 0);
     let mut client_errors = Vec::new();
+    let presence: Vec<u64> = seen.iter().map(|s| s.presence_frames).collect();
     for s in &seen {
         let want = &publisher.acked[s.room];
         lost += want.difference(&s.ids).count() as u64;
@@ -468,6 +479,8 @@ fn summarize(
         duplicated,
         unexpected,
         not_recovered,
+        presence_frames_mean: presence.iter().sum::<u64>() as f64 / presence.len().max(1) as f64,
+        presence_frames_max: presence.iter().copied().max().unwrap_or(0),
         client_errors,
         versions: versions::versions(Some(bin)),
         machine: versions::machine(),
@@ -476,10 +489,10 @@ fn summarize(
 
 fn print(r: &StormResult) {
     let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
-    println!("| broker | nodes | clients | in flight | moved | storm s | moves/s | reconnect p50/p99 ms | join p50/p99/max ms | published | lost | dup | not recovered | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|");
+    println!("| broker | nodes | clients | in flight | moved | storm s | moves/s | reconnect p50/p99 ms | join p50/p99/max ms | published | lost | dup | not recovered | presence frames mean/max | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|---:|");
     println!(
-        "| {} | {} | {} | {} | {} | {:.2} | {:.0} | {} / {} | {} / {} / {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {:.2} | {:.0} | {} / {} | {} / {} / {} | {} | {} | {} | {} | {:.1} / {} | {} |",
         r.broker,
         r.nodes,
         r.clients,
@@ -496,6 +509,8 @@ fn print(r: &StormResult) {
         r.lost,
         r.duplicated,
         r.not_recovered,
+        r.presence_frames_mean,
+        r.presence_frames_max,
         r.client_errors.len() as u64 + r.publish_errors,
     );
     for e in &r.client_errors {

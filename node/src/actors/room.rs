@@ -264,7 +264,8 @@ struct Joining {
     latest: Option<Pos>,
     replay: Vec<(Pos, chatmesh_broker::RoomMessage)>,
     recovered: bool,
-    /// The users present when the join read presence (after its own entry).
+    /// The users present when the join read presence (after its own entry);
+    /// empty when it did not need to.
     present: Vec<String>,
 }
 
@@ -281,6 +282,7 @@ impl Handler<Join> for Room {
                 user: msg.user,
                 since: msg.since,
                 first_of_user,
+                read_presence: !self.view.is_known(),
             },
             self.ready.clone(),
             self.settings.subscribe_timeout,
@@ -300,11 +302,14 @@ struct JoinRead {
     user: Arc<str>,
     since: Option<Pos>,
     first_of_user: bool,
+    /// Only a join that may seed the room's view reads the room's presence:
+    /// once it is seeded, `joined` counts from the view.
+    read_presence: bool,
 }
 
 /// Step 2 of the join protocol (module docs): once the subscription is held,
 /// records presence (for the user's first local connection), then reads
-/// history and the member count.
+/// history and, until the room's presence view is seeded, the room's presence.
 async fn read_join(
     broker: Arc<dyn Broker>,
     join: JoinRead,
@@ -326,7 +331,10 @@ async fn read_join(
         None => HistoryQuery::Latest { limit: 0 },
     };
     let history = broker.history(&join.room, query).await?;
-    let present = broker.presence(&join.room).await?;
+    let present = match join.read_presence {
+        true => broker.presence(&join.room).await?,
+        false => Vec::new(),
+    };
     let recovered = join.since.is_none() || history.complete;
     Ok(Joining {
         latest: history.latest,
