@@ -9,6 +9,8 @@
 #   bench/run-suite.sh                 # everything (~35 min on 2 cores)
 #   ONLY="redis-c1000 half-max" bench/run-suite.sh   # names: floor peer {redis,nats,memory}-c{1000,5000}
 #                                                    # half-max {memory,redis,nats}-idle-19900 micro
+#                                                    # storm-{memory,redis,nats,kafka,rabbitmq}-{5000,20000}
+#                                                    # room-10k-{memory,redis}
 #
 # Needs: a release build (`cargo build --release -p chatmesh -p chatmesh-bench`,
 # target dir $TARGET, default target/), redis-server, nats-server, node + npm
@@ -69,6 +71,24 @@ fi
 for broker in memory redis nats; do
   bench "$broker-idle-19900" --spawn "$broker" --nodes 1 --idle 19900 --settle-secs 5 "${LIMITS[@]}"
 done
+# Reconnect storms (issue 15): a node drains, every client rejoins another
+# node with `since`; and a 10k-member room's rejoin, with presence gathered.
+storm() { # name, args...
+  local name=$1; shift
+  want "$name" || return 0
+  echo "=== $name"
+  "$BIN/chatmesh-bench" storm --out "$OUT/$name.json" "$@" > "$OUT/$name.md" 2> "$OUT/$name.log"
+  cat "$OUT/$name.md"
+}
+for broker in memory redis nats kafka rabbitmq; do
+  for c in 5000 20000; do
+    storm "storm-$broker-$c" --spawn "$broker" --clients "$c" "${LIMITS[@]}"
+  done
+done
+GATHER=(--node-env CHATMESH_PRESENCE__DIFF_INTERVAL_MS=200)
+storm room-10k-memory --spawn memory --clients 10000 --rooms 1 "${LIMITS[@]}" "${GATHER[@]}"
+storm room-10k-redis --spawn redis --clients 10000 --rooms 1 "${LIMITS[@]}" "${GATHER[@]}"
+
 if want micro; then
   echo "=== micro (criterion)"
   CARGO_TARGET_DIR=$TARGET cargo bench -p chatmesh-bench --bench hot_paths 2>&1 \

@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::StormArgs;
 use crate::client::{client_url, connect, room_name, Ws};
+use crate::procstat::{CpuUse, Role, Snapshot, Watched};
 use crate::stats::{histogram, now_us, Latency};
 use crate::{spawn, versions};
 
@@ -113,6 +114,8 @@ pub struct StormResult {
     pub presence_frames_mean: f64,
     pub presence_frames_max: u64,
     pub client_errors: Vec<String>,
+    /// CPU from SIGTERM until every client had rejoined, per process.
+    pub storm_cpu: CpuUse,
     pub versions: versions::Versions,
     pub machine: versions::Machine,
 }
@@ -383,6 +386,13 @@ pub async fn run(args: &StormArgs, command: &str) -> Result<()> {
     let publishing = tokio::spawn(publisher.run(args.rate, pub_stop));
     tokio::time::sleep(Duration::from_millis(500)).await;
     eprintln!("storm: moving {} clients", args.clients);
+    let mut watched = sys.watched();
+    watched.push(Watched {
+        name: "generator".into(),
+        pid: std::process::id(),
+        role: Role::Generator,
+    });
+    let before = Snapshot::take(&watched);
     if sys.nodes.len() > 1 {
         sys.terminate(0)?;
     } else {
@@ -390,6 +400,7 @@ pub async fn run(args: &StormArgs, command: &str) -> Result<()> {
     }
     let moved = || shared.moved.load(Ordering::Relaxed);
     wait_until(|| moved() + failed() >= total, "the storm").await?;
+    let storm_cpu = CpuUse::between(&before, &Snapshot::take(&watched));
     tokio::time::sleep(Duration::from_secs_f64(AFTER_SECS)).await;
     let _ = pub_stop_tx.send(true);
     let publisher = publishing.await??;
@@ -399,7 +410,7 @@ pub async fn run(args: &StormArgs, command: &str) -> Result<()> {
     for c in clients {
         seen.push(c.await?);
     }
-    let result = summarize(
+    let mut result = summarize(
         args,
         command,
         kind.as_str(),
@@ -409,6 +420,7 @@ pub async fn run(args: &StormArgs, command: &str) -> Result<()> {
         seen,
         &bin,
     );
+    result.storm_cpu = storm_cpu;
     print(&result);
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&result)?)?;
@@ -482,6 +494,7 @@ fn summarize(
         presence_frames_mean: presence.iter().sum::<u64>() as f64 / presence.len().max(1) as f64,
         presence_frames_max: presence.iter().copied().max().unwrap_or(0),
         client_errors,
+        storm_cpu: CpuUse::default(),
         versions: versions::versions(Some(bin)),
         machine: versions::machine(),
     }
@@ -512,6 +525,18 @@ fn print(r: &StormResult) {
         r.presence_frames_mean,
         r.presence_frames_max,
         r.client_errors.len() as u64 + r.publish_errors,
+    );
+    let cpu: Vec<String> = r
+        .storm_cpu
+        .percent
+        .iter()
+        .map(|(k, v)| format!("{k} {v}%"))
+        .collect();
+    println!(
+        "\nCPU during the storm ({:.2} s, % of one core): {}; other programs {}%",
+        r.storm_cpu.wall_s,
+        cpu.join(", "),
+        r.storm_cpu.foreign_percent
     );
     for e in &r.client_errors {
         eprintln!("error: {e}");
