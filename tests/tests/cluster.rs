@@ -1764,7 +1764,7 @@ cluster_suite!(kafka, Backend::Kafka);
 cluster_suite!(rabbitmq, Backend::Rabbitmq);
 
 /// Three clustered RabbitMQ nodes, the nodes on different servers: the
-/// suite's cross-node, order, recovery and server-down tests, and the two
+/// suite's cross-node, order, recovery, join-storm and server-down tests, and the two
 /// that need a binding made on one server to route on another at once (the
 /// rest is the single server's: a cluster of three RabbitMQ VMs per test would
 /// add minutes to CI for the same code paths).
@@ -1777,5 +1777,6 @@ mod rabbitmq_cluster {
         broker_down_and_back,
         typing_and_read_relayed_across_nodes,
         a_direct_right_after_a_users_hello_arrives,
+        a_join_storm_counts_everyone_once,
     );
 }
