@@ -57,6 +57,37 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The kernel's TCP socket figures from `/proc/net/sockstat`, for the whole
+/// network namespace (so both ends of a loopback connection, the generator's
+/// sockets included): `None` where the file cannot be read.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct TcpSockstat {
+    /// Sockets in use.
+    pub inuse: u64,
+    /// Pages charged to TCP socket buffers (`mem`, in pages of [`PAGE_SIZE`]).
+    pub mem_pages: u64,
+}
+
+/// The page size `/proc/net/sockstat` counts `mem` in on the machines we run on.
+pub const PAGE_SIZE: u64 = 4096;
+
+pub fn tcp_sockstat() -> Option<TcpSockstat> {
+    parse_sockstat(&std::fs::read_to_string("/proc/net/sockstat").ok()?)
+}
+
+fn parse_sockstat(text: &str) -> Option<TcpSockstat> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name: &str| -> Option<u64> {
+        let i = words.iter().position(|w| *w == name)?;
+        words.get(i + 1)?.parse().ok()
+    };
+    Some(TcpSockstat {
+        inuse: field("inuse")?,
+        mem_pages: field("mem")?,
+    })
+}
+
 /// Open file descriptors of a process (entries of `/proc/<pid>/fd`), `None`
 /// if it is gone or not ours to read.
 pub fn fd_count(pid: u32) -> Option<u64> {
@@ -189,5 +220,22 @@ mod tests {
         // stdin, stdout and stderr at least, plus the directory being read.
         assert!(fd_count(pid).unwrap_or(0) >= 3);
         assert!(system_cpu().total_s > 0.0);
+    }
+}
+
+#[cfg(test)]
+mod sockstat_tests {
+    #[test]
+    fn reads_the_tcp_line() {
+        let text =
+            "sockets: used 29\nTCP: inuse 3 orphan 0 tw 1 alloc 5 mem 7\nUDP: inuse 0 mem 0\n";
+        assert_eq!(
+            super::parse_sockstat(text),
+            Some(super::TcpSockstat {
+                inuse: 3,
+                mem_pages: 7
+            })
+        );
+        assert_eq!(super::parse_sockstat("UDP: inuse 0 mem 0\n"), None);
     }
 }

@@ -136,6 +136,8 @@ pub struct IdleStage {
     pub clients: usize,
     pub rss_bytes: BTreeMap<String, u64>,
     pub broker_connections: Option<usize>,
+    /// The kernel's TCP sockets at this stage (machine-wide: both ends).
+    pub tcp_sockstat: Option<crate::procstat::TcpSockstat>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,6 +146,9 @@ pub struct IdleResult {
     pub stages: Vec<IdleStage>,
     /// (RSS with C connections − RSS before connecting) / connections on that server.
     pub per_connection_bytes: BTreeMap<String, f64>,
+    /// Kernel TCP buffer memory (`/proc/net/sockstat` `mem` pages × 4096) with C
+    /// connections minus before, per connection; not part of any process's RSS.
+    pub kernel_tcp_bytes_per_connection: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -234,16 +239,19 @@ pub fn markdown(r: &RunResult) -> String {
     if let Some(idle) = &r.idle {
         let _ = writeln!(
             s,
-            "\n| clients | RSS MB | broker connections |\n|---:|---|---:|"
+            "\n| clients | RSS MB | broker connections | kernel TCP sockets / mem pages (sockstat) |\n|---:|---|---:|---|"
         );
         for st in &idle.stages {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} |",
+                "| {} | {} | {} | {} |",
                 st.clients,
                 join_map(&st.rss_bytes, |b| mb(*b)),
                 st.broker_connections
                     .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                st.tcp_sockstat
+                    .map(|t| format!("{} / {}", t.inuse, t.mem_pages))
                     .unwrap_or_else(|| "-".into())
             );
         }
@@ -257,6 +265,13 @@ pub fn markdown(r: &RunResult) -> String {
                 b / 1024.0
             ))
         );
+        if let Some(k) = idle.kernel_tcp_bytes_per_connection {
+            let _ = writeln!(
+                s,
+                "Kernel TCP buffer memory (/proc/net/sockstat `mem`, both ends, not in RSS): {:.0} B per connection.",
+                k
+            );
+        }
     }
     if !r.steps.is_empty() {
         s.push_str(&steps_table(&r.steps));

@@ -357,6 +357,7 @@ pub async fn run_idle(ctx: &Ctx, topo: &Topology, nodes: usize) -> (IdleResult, 
         clients: 0,
         rss_bytes: procstat::rss_all(&ctx.watched),
         broker_connections: ctx.broker_connections(),
+        tcp_sockstat: procstat::tcp_sockstat(),
     }];
     let (first, rest) = topo.clients.split_at(topo.clients.len().min(1));
     let mut connect = connect_all(ctx, first, &topo.members).await;
@@ -365,6 +366,7 @@ pub async fn run_idle(ctx: &Ctx, topo: &Topology, nodes: usize) -> (IdleResult, 
         clients: first.len(),
         rss_bytes: procstat::rss_all(&ctx.watched),
         broker_connections: ctx.broker_connections(),
+        tcp_sockstat: procstat::tcp_sockstat(),
     });
     let more = connect_all(ctx, rest, &topo.members).await;
     connect.attempted += more.attempted;
@@ -381,6 +383,7 @@ pub async fn run_idle(ctx: &Ctx, topo: &Topology, nodes: usize) -> (IdleResult, 
         clients: c,
         rss_bytes: procstat::rss_all(&ctx.watched),
         broker_connections: ctx.broker_connections(),
+        tcp_sockstat: procstat::tcp_sockstat(),
     });
     let per = per_connection(
         &ctx.watched,
@@ -388,11 +391,22 @@ pub async fn run_idle(ctx: &Ctx, topo: &Topology, nodes: usize) -> (IdleResult, 
         &stages[stages.len() - 1].rss_bytes,
         c as f64 / nodes.max(1) as f64,
     );
+    let kernel = match (
+        stages[0].tcp_sockstat,
+        stages[stages.len() - 1].tcp_sockstat,
+    ) {
+        (Some(before), Some(with)) => Some(round2(
+            (with.mem_pages as f64 - before.mem_pages as f64) * procstat::PAGE_SIZE as f64
+                / (c.max(1)) as f64,
+        )),
+        _ => None,
+    };
     (
         IdleResult {
             connections: c,
             stages,
             per_connection_bytes: per,
+            kernel_tcp_bytes_per_connection: kernel,
         },
         connect,
     )
