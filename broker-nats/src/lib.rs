@@ -118,7 +118,16 @@
 //!
 //! # Connections and faults
 //! One client connection per node (see the `link` module), whatever the number
-//! of clients or topics. A NATS server that goes away makes calls fail at once
+//! of clients or topics. Each held topic is one core subscription on its own
+//! subject (`<ns>.room.<room>.*`, `<ns>.user.<user>`), never a wildcard over
+//! other rooms or users, so a node receives only its own rooms' and users'
+//! traffic; all of them feed one channel per client connection (async-nats'
+//! `subscribe_shared`, a patch vendored in `vendor/async-nats`) read by one
+//! task, in the order the server sent them. A subscription of its own per
+//! topic cost 6.5 KiB per connected user (BENCHMARKS.md §5). That channel
+//! holds up to 65,536 messages the node has not taken yet; past that NATS
+//! messages are dropped and a warning logged (a slow consumer), as one
+//! subscription's channel did before, for all topics together now. A NATS server that goes away makes calls fail at once
 //! with [`BrokerError::Unavailable`] and emits `Disconnected`; a publish queued
 //! inside the client when the connection dropped is discarded with the client
 //! (async-nats would otherwise send it after reconnecting), except during the

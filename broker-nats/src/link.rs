@@ -6,8 +6,13 @@
 //! One async-nats client, hence one TCP connection per node, whatever the
 //! number of clients, rooms or users: every subscription, JetStream call and
 //! key-value call is multiplexed on it. Each subscribed [`Topic`] is one core
-//! NATS subscription, read by a small forwarding task that hands its messages,
-//! in order, to the node's one event channel.
+//! NATS subscription on its own subject (so a node receives only its own rooms'
+//! and users' traffic), and every one of them feeds one channel per client, the
+//! [`Inbox`], read by one task that hands messages, in order, to the node's one
+//! event channel. A channel and a task per topic (async-nats' `Subscriber`)
+//! cost ~6.5 KiB per topic, and a node holds a topic per connected user
+//! (BENCHMARKS.md §5); the inbox uses async-nats' `subscribe_shared`, added by
+//! the vendored patch (vendor/README.md).
 //!
 //! # Failure handling
 //! Calls run only while the link is up ([`Link::session`]); while it is down
@@ -27,20 +32,19 @@
 //! client resubscribes by itself and the task sets up the stream again before
 //! `Connected`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex as SyncMutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use std::future::IntoFuture;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, kv, stream};
-use async_nats::{Client, ClientError, ConnectOptions, Event};
+use async_nats::{Client, ClientError, ConnectOptions, Event, SharedSubscription};
 use chatmesh_broker::support::{Backoff, LinkState};
 use chatmesh_broker::{codec, BrokerError, BrokerEvent, BrokerSettings, Delivery, Pos, Topic};
-use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -63,6 +67,10 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the background task checks a link that is down inside one client.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// Messages the inbox holds for the node before NATS messages are dropped (a
+/// slow consumer, logged): async-nats' default for one subscription, now for
+/// all of a node's topics together. Slots are allocated as they fill, 32 at a time.
+const INBOX_CAPACITY: usize = 64 * 1024;
 /// The replicas of the stream and buckets on a NATS cluster when
 /// [`NatsOptions::replicas`] is `None`: a quorum of 2 of 3 survives one server.
 pub(crate) const CLUSTER_REPLICAS: usize = 3;
@@ -99,23 +107,47 @@ impl Session {
     }
 }
 
-/// Aborts its forwarding task when dropped, which drops the subscriber and so
-/// unsubscribes.
-struct Forwarder(JoinHandle<()>);
+/// The subscription ids whose messages the inbox hands on: a message still
+/// queued for a topic that was just unsubscribed is dropped, not delivered.
+type Live = Arc<SyncMutex<HashSet<u64>>>;
 
-impl Drop for Forwarder {
+/// One client's channel that all its subscriptions feed, and the task that
+/// reads it. Dropping it ends the task.
+struct Inbox {
+    sender: mpsc::Sender<(u64, async_nats::Message)>,
+    live: Live,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Inbox {
     fn drop(&mut self) {
-        self.0.abort();
+        self.reader.abort();
     }
 }
 
-/// The held topics and, while a client lives, their forwarding tasks. Behind
-/// one async lock so that a resubscription of everything and a subscription
-/// of new topics never interleave.
+fn live_set(live: &Live) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+    // A poisoned set is still a set of ids; losing the link over it would not help.
+    live.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The held topics (keys) with, while a client lives, their subscription on it
+/// (values), and that client's inbox. Behind one async lock so that a
+/// resubscription of everything and a subscription of new topics never
+/// interleave.
 #[derive(Default)]
 struct Subs {
-    topics: BTreeSet<Topic>,
-    forwarders: BTreeMap<Topic, Forwarder>,
+    topics: BTreeMap<Topic, Option<SharedSubscription>>,
+    inbox: Option<Inbox>,
+}
+
+impl Subs {
+    /// Drops every subscription and the inbox (the client is gone or going).
+    fn clear_client(&mut self) {
+        for sub in self.topics.values_mut() {
+            *sub = None;
+        }
+        self.inbox = None;
+    }
 }
 
 /// State shared by the broker's calls and the background task.
@@ -225,33 +257,47 @@ impl Link {
         let mut subs = self.subs.lock().await;
         let new: BTreeSet<Topic> = topics
             .iter()
-            .filter(|t| !subs.topics.contains(t))
+            .filter(|t| !subs.topics.contains_key(*t))
             .cloned()
             .collect();
         if new.is_empty() {
             return Ok(());
         }
         let session = self.session()?;
+        let inbox = self.inbox(&mut subs);
         let mut started = Vec::with_capacity(new.len());
         for topic in &new {
-            started.push((topic.clone(), self.forward(&session.client, topic).await?));
+            // On an error, the subscriptions made so far are dropped with
+            // `started`, which unsubscribes them.
+            started.push((
+                topic.clone(),
+                self.sub(&session.client, &inbox, topic).await?,
+            ));
         }
-        self.prove_interest(&session, &new).await?;
-        for (topic, fwd) in started {
-            subs.forwarders.insert(topic, fwd);
+        if let Err(e) = self.prove_interest(&session, &new).await {
+            let mut live = live_set(&inbox.1);
+            for (_, sub) in &started {
+                live.remove(&sub.sid());
+            }
+            return Err(e);
         }
-        subs.topics.extend(new);
+        for (topic, sub) in started {
+            subs.topics.insert(topic, Some(sub));
+        }
         Ok(())
     }
 
-    /// Forgets the topics; dropping their forwarders unsubscribes them, and no
-    /// delivery of theirs reaches the node after this returns.
+    /// Forgets the topics and unsubscribes them; no delivery of theirs reaches
+    /// the node after this returns (the inbox drops what is still queued for them).
     pub(crate) async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), BrokerError> {
         self.state.check_open()?;
         let mut subs = self.subs.lock().await;
+        let live = subs.inbox.as_ref().map(|i| i.live.clone());
         for topic in topics {
-            subs.topics.remove(topic);
-            subs.forwarders.remove(topic);
+            // Dropping the subscription unsubscribes it.
+            if let (Some(Some(sub)), Some(live)) = (subs.topics.remove(topic), &live) {
+                live_set(live).remove(&sub.sid());
+            }
         }
         Ok(())
     }
@@ -319,34 +365,55 @@ impl Link {
         }
     }
 
-    /// Subscribes one topic and starts the task that forwards its messages.
-    async fn forward(
+    /// The current client's inbox (sender and live set), started if there is
+    /// none. Only called with a live session, under the subs lock.
+    fn inbox(
         self: &Arc<Self>,
-        client: &Client,
-        topic: &Topic,
-    ) -> Result<Forwarder, BrokerError> {
-        let subject = self.names.subscription(topic);
-        let mut sub = self.run("subscribe", client.subscribe(subject)).await?;
-        let link = Arc::downgrade(self);
-        let topic = topic.clone();
-        Ok(Forwarder(tokio::spawn(async move {
-            while let Some(msg) = sub.next().await {
-                let Some(link) = link.upgrade() else { return };
-                link.on_message(&topic, msg).await;
+        subs: &mut Subs,
+    ) -> (mpsc::Sender<(u64, async_nats::Message)>, Live) {
+        let inbox = subs.inbox.get_or_insert_with(|| {
+            let (sender, mut receiver) = mpsc::channel(INBOX_CAPACITY);
+            let live: Live = Arc::default();
+            let link = Arc::downgrade(self);
+            let ids = live.clone();
+            let reader = tokio::spawn(async move {
+                while let Some((sid, msg)) = receiver.recv().await {
+                    if !live_set(&ids).contains(&sid) {
+                        continue;
+                    }
+                    let Some(link) = link.upgrade() else { return };
+                    link.on_message(msg).await;
+                }
+            });
+            Inbox {
+                sender,
+                live,
+                reader,
             }
-        })))
+        });
+        (inbox.sender.clone(), inbox.live.clone())
+    }
+
+    /// Subscribes one topic into the inbox.
+    async fn sub(
+        &self,
+        client: &Client,
+        inbox: &(mpsc::Sender<(u64, async_nats::Message)>, Live),
+        topic: &Topic,
+    ) -> Result<SharedSubscription, BrokerError> {
+        let subject = self.names.subscription(topic);
+        let subscribe = client.subscribe_shared(subject, inbox.0.clone());
+        let sub = self.run("subscribe", subscribe).await?;
+        live_set(&inbox.1).insert(sub.sid());
+        Ok(sub)
     }
 
     /// Decodes one message of a subscribed topic and hands it to the node.
-    async fn on_message(&self, topic: &Topic, msg: async_nats::Message) {
+    async fn on_message(&self, msg: async_nats::Message) {
         let Some((of, carries)) = self.names.topic_of(msg.subject.as_str()) else {
             warn!(subject = %msg.subject, "message on an unknown subject dropped");
             return;
         };
-        if &of != topic {
-            warn!(subject = %msg.subject, "message of another topic dropped");
-            return;
-        }
         let pos = match carries {
             Carries::Ephemeral => None,
             Carries::Stored => {
@@ -389,7 +456,7 @@ impl Link {
     /// discards whatever it still queued.
     async fn tear_down(&self) {
         self.set_session(None);
-        self.subs.lock().await.forwarders.clear();
+        self.subs.lock().await.clear_client();
     }
 
     /// Stops the background task and drops the connection.
@@ -403,7 +470,7 @@ impl Link {
         self.state.close();
         self.set_session(None);
         if let Ok(mut subs) = self.subs.try_lock() {
-            subs.forwarders.clear();
+            subs.clear_client();
         }
     }
 
@@ -595,11 +662,12 @@ impl Link {
     async fn bring_up(self: &Arc<Self>, client: &Client) -> Result<Arc<Session>, BrokerError> {
         let session = Arc::new(self.setup(client).await?);
         let mut subs = self.subs.lock().await;
-        subs.forwarders.clear();
-        let topics: Vec<Topic> = subs.topics.iter().cloned().collect();
+        subs.clear_client();
+        let inbox = self.inbox(&mut subs);
+        let topics: Vec<Topic> = subs.topics.keys().cloned().collect();
         for topic in &topics {
-            let fwd = self.forward(client, topic).await?;
-            subs.forwarders.insert(topic.clone(), fwd);
+            let sub = self.sub(client, &inbox, topic).await?;
+            subs.topics.insert(topic.clone(), Some(sub));
         }
         self.prove_interest(&session, &topics).await?;
         info!(topics = topics.len(), "subscribed to nats");
@@ -685,7 +753,8 @@ async fn watch_client(
                         Ok(session) => {
                             down_since = None;
                             let session = Arc::new(session);
-                            let topics = link.subs.lock().await.topics.clone();
+                            let topics: Vec<Topic> =
+                                link.subs.lock().await.topics.keys().cloned().collect();
                             if link.prove_interest(&session, &topics).await.is_err() {
                                 return;
                             }
@@ -698,6 +767,9 @@ async fn watch_client(
                     }
                 }
                 Some(Event::ClientError(ClientError::MaxReconnects)) | Some(Event::Closed) | None => return,
+                Some(Event::SlowConsumer(sid)) => {
+                    warn!(sid, capacity = INBOX_CAPACITY, "nats inbox full: a message of this subscription was dropped");
+                }
                 Some(other) => debug!(event = %other, "nats client event"),
             },
             _ = check.tick() => {
