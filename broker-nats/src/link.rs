@@ -266,15 +266,21 @@ impl Link {
         let session = self.session()?;
         let inbox = self.inbox(&mut subs);
         let mut started = Vec::with_capacity(new.len());
+        let mut result = Ok(());
         for topic in &new {
-            // On an error, the subscriptions made so far are dropped with
-            // `started`, which unsubscribes them.
-            started.push((
-                topic.clone(),
-                self.sub(&session.client, &inbox, topic).await?,
-            ));
+            match self.sub(&session.client, &inbox, topic).await {
+                Ok(sub) => started.push((topic.clone(), sub)),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        if let Err(e) = self.prove_interest(&session, &new).await {
+        if result.is_ok() {
+            result = self.prove_interest(&session, &new).await;
+        }
+        if let Err(e) = result {
+            // Dropping the subscriptions made so far unsubscribes them.
             let mut live = live_set(&inbox.1);
             for (_, sub) in &started {
                 live.remove(&sub.sid());
