@@ -92,6 +92,12 @@ pub struct StormArgs {
     /// Messages/s the publisher sends (over every room) during the storm.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
+    /// Before the storm, wait until other programs use less than this % of one core...
+    #[arg(long, default_value_t = 15.0)]
+    pub idle_max_percent: f64,
+    /// ...for at most this many seconds, then run anyway (the load is recorded).
+    #[arg(long, default_value_t = 60.0)]
+    pub idle_wait_max: f64,
     /// Result JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,

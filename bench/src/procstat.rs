@@ -239,3 +239,22 @@ mod sockstat_tests {
         assert_eq!(super::parse_sockstat("UDP: inuse 0 mem 0\n"), None);
     }
 }
+
+/// Other programs' CPU load (% of one core) over `ms`.
+async fn foreign_load(watched: &[Watched], ms: u64) -> f64 {
+    let a = Snapshot::take(watched);
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    CpuUse::between(&a, &Snapshot::take(watched)).foreign_percent
+}
+
+/// Waits until other programs use less than `max_percent` of one core, for
+/// at most `wait_max` seconds; returns the last load seen.
+pub async fn wait_for_quiet(watched: &[Watched], max_percent: f64, wait_max: f64) -> f64 {
+    let t = Instant::now();
+    let mut f = foreign_load(watched, 1000).await;
+    while f > max_percent && t.elapsed().as_secs_f64() < wait_max {
+        eprintln!("foreign CPU load {f}% > {max_percent}%, waiting (up to {wait_max}s)...");
+        f = foreign_load(watched, 2000).await;
+    }
+    f
+}

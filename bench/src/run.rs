@@ -111,25 +111,13 @@ pub async fn connect_all(ctx: &Ctx, plans: &[ClientPlan], members: &[usize]) -> 
     result
 }
 
-/// Other programs' CPU load (% of one core) over `ms`.
-async fn foreign_load(ctx: &Ctx, ms: u64) -> f64 {
-    let a = Snapshot::take(&ctx.watched);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-    let b = Snapshot::take(&ctx.watched);
-    CpuUse::between(&a, &b).foreign_percent
-}
-
 async fn wait_for_quiet_machine(ctx: &Ctx) -> f64 {
-    let t = Instant::now();
-    let mut f = foreign_load(ctx, 1000).await;
-    while f > ctx.args.idle_max_percent && t.elapsed().as_secs_f64() < ctx.args.idle_wait_max {
-        eprintln!(
-            "foreign CPU load {f}% > {}%, waiting (up to {}s)...",
-            ctx.args.idle_max_percent, ctx.args.idle_wait_max
-        );
-        f = foreign_load(ctx, 2000).await;
-    }
-    f
+    procstat::wait_for_quiet(
+        &ctx.watched,
+        ctx.args.idle_max_percent,
+        ctx.args.idle_wait_max,
+    )
+    .await
 }
 
 /// Waits until no delivery arrived for one second (at most 30 s).

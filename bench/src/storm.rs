@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::StormArgs;
 use crate::client::{client_url, connect, room_name, Ws};
-use crate::procstat::{CpuUse, Role, Snapshot, Watched};
+use crate::procstat::{self, CpuUse, Role, Snapshot, Watched};
 use crate::stats::{histogram, now_us, Latency};
 use crate::{spawn, versions};
 
@@ -392,6 +392,8 @@ pub async fn run(args: &StormArgs, command: &str) -> Result<()> {
         pid: std::process::id(),
         role: Role::Generator,
     });
+    let quiet = procstat::wait_for_quiet(&watched, args.idle_max_percent, args.idle_wait_max).await;
+    eprintln!("storm: other programs at {quiet}% of a core");
     let before = Snapshot::take(&watched);
     if sys.nodes.len() > 1 {
         sys.terminate(0)?;
