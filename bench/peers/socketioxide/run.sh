@@ -50,7 +50,8 @@ if [ ! -d "$GEN_DIR/node_modules" ]; then
   rm -rf "$GEN_DIR/node_modules" "$GEN_DIR/results" "$GEN_DIR/run"
   (cd "$GEN_DIR" && npm ci --no-audit --no-fund)
 fi
-RUN_DIR=$OUT_DIR/run-$SERVER
+# Server, redis and generator logs stay next to the generator: results keep JSON + md only.
+RUN_DIR=$GEN_DIR/run-$SERVER
 mkdir -p "$RUN_DIR"
 
 PIDS=()        # server instances
