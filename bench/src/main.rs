@@ -89,7 +89,7 @@ async fn main() -> Result<()> {
         return soak::run(soak_args, &command).await;
     }
     if let Some(Mode::Storm(storm_args)) = &args.mode {
-        raise_nofile(storm_args.clients as u64 * 2 + 1024);
+        raise_nofile(storm_args.clients as u64 + 1024);
         return storm::run(storm_args, &command).await;
     }
     let started = unix_ms();

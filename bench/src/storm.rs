@@ -181,6 +181,8 @@ async fn client_steps(id: usize, urls: &[String; 2], sh: &Shared, seen: &mut See
         (ws, joined.pos)
     };
     live_until_closed(&mut ws, sh, seen, &mut last).await;
+    // Its socket counts against the open-file limit until dropped.
+    drop(ws);
     sh.first_close_us.fetch_min(now_us(), Ordering::Relaxed);
     let mut ws = {
         let _permit = sh.gate.acquire().await?;
