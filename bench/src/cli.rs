@@ -58,6 +58,17 @@ impl SystemArgs {
     }
 }
 
+/// How long a run waits for other programs to go quiet (shared by every mode).
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct QuietArgs {
+    /// Before a step or a storm, wait until other programs use less than this % of one core...
+    #[arg(long, default_value_t = 15.0)]
+    pub idle_max_percent: f64,
+    /// ...for at most this many seconds, then run anyway (the load is recorded).
+    #[arg(long, default_value_t = 60.0)]
+    pub idle_wait_max: f64,
+}
+
 /// Modes other than the default fan-out run.
 #[derive(Debug, Clone, clap::Subcommand, serde::Serialize)]
 pub enum Mode {
@@ -92,12 +103,9 @@ pub struct StormArgs {
     /// Messages/s the publisher sends (over every room) during the storm.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
-    /// Before the storm, wait until other programs use less than this % of one core...
-    #[arg(long, default_value_t = 15.0)]
-    pub idle_max_percent: f64,
-    /// ...for at most this many seconds, then run anyway (the load is recorded).
-    #[arg(long, default_value_t = 60.0)]
-    pub idle_wait_max: f64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub quiet: QuietArgs,
     /// Result JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -234,12 +242,9 @@ pub struct Args {
     #[arg(long, default_value_t = 3.0)]
     pub settle_secs: f64,
 
-    /// Before a step, wait until other programs use less than this % of one core...
-    #[arg(long, default_value_t = 15.0)]
-    pub idle_max_percent: f64,
-    /// ...for at most this many seconds, then run anyway (the load is recorded).
-    #[arg(long, default_value_t = 60.0)]
-    pub idle_wait_max: f64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub quiet: QuietArgs,
 
     /// Result JSON; the latency plot goes next to it with `.svg`.
     #[arg(long)]

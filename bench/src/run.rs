@@ -114,8 +114,8 @@ pub async fn connect_all(ctx: &Ctx, plans: &[ClientPlan], members: &[usize]) -> 
 async fn wait_for_quiet_machine(ctx: &Ctx) -> f64 {
     procstat::wait_for_quiet(
         &ctx.watched,
-        ctx.args.idle_max_percent,
-        ctx.args.idle_wait_max,
+        ctx.args.quiet.idle_max_percent,
+        ctx.args.quiet.idle_wait_max,
     )
     .await
 }

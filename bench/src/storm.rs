@@ -394,7 +394,12 @@ pub async fn run(args: &StormArgs, command: &str) -> Result<()> {
         pid: std::process::id(),
         role: Role::Generator,
     });
-    let quiet = procstat::wait_for_quiet(&watched, args.idle_max_percent, args.idle_wait_max).await;
+    let quiet = procstat::wait_for_quiet(
+        &watched,
+        args.quiet.idle_max_percent,
+        args.quiet.idle_wait_max,
+    )
+    .await;
     eprintln!("storm: other programs at {quiet}% of a core");
     let before = Snapshot::take(&watched);
     if sys.nodes.len() > 1 {

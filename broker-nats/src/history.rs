@@ -86,22 +86,28 @@ pub(crate) async fn message_at(
     }
 }
 
-/// The room's messages with sequences in `from..=to`, oldest first, keeping
-/// only the newest `keep`; `to` is the room's newest sequence.
-async fn read_range(
-    link: &Link,
-    session: &Session,
-    room: &str,
+/// What a range read wants: `room`'s messages with sequences in
+/// `from..=to` (`to` is the room's newest), keeping only the newest `keep`.
+#[derive(Clone, Copy)]
+struct Range<'a> {
+    room: &'a str,
     from: u64,
     to: u64,
     keep: usize,
+}
+
+/// The messages of a [`Range`], oldest first.
+async fn read_range(
+    link: &Link,
+    session: &Session,
+    range: Range<'_>,
 ) -> Result<Vec<(u64, RoomMessage)>, BrokerError> {
-    if from > to || keep == 0 {
+    if range.from > range.to || range.keep == 0 {
         return Ok(Vec::new());
     }
-    match read_batch(link, session, room, from, to, keep).await? {
+    match read_batch(link, session, range).await? {
         Some(read) => Ok(read),
-        None => read_by_consumer(link, session, room, from, to, keep).await,
+        None => read_by_consumer(link, session, range).await,
     }
 }
 
@@ -124,11 +130,14 @@ fn push_kept(out: &mut VecDeque<(u64, RoomMessage)>, seq: u64, payload: &[u8], k
 async fn read_batch(
     link: &Link,
     session: &Session,
-    room: &str,
-    from: u64,
-    to: u64,
-    keep: usize,
+    range: Range<'_>,
 ) -> Result<Option<Vec<(u64, RoomMessage)>>, BrokerError> {
+    let Range {
+        room,
+        from,
+        to,
+        keep,
+    } = range;
     let header = |m: &async_nats::Message, name: &str| -> Option<u64> {
         m.headers.as_ref()?.get(name)?.as_str().parse().ok()
     };
@@ -181,11 +190,14 @@ async fn read_batch(
 async fn read_by_consumer(
     link: &Link,
     session: &Session,
-    room: &str,
-    from: u64,
-    to: u64,
-    keep: usize,
+    range: Range<'_>,
 ) -> Result<Vec<(u64, RoomMessage)>, BrokerError> {
+    let Range {
+        room,
+        from,
+        to,
+        keep,
+    } = range;
     let mut out: VecDeque<(u64, RoomMessage)> = VecDeque::new();
     let config = push::OrderedConfig {
         deliver_subject: session.client.new_inbox(),
@@ -249,7 +261,17 @@ pub(crate) async fn history(
         }
         (HistoryQuery::Latest { limit: 0 }, Some(_)) => Vec::new(),
         (HistoryQuery::Latest { limit }, Some(last)) => {
-            let mut served = read_range(link, session, room, 1, last, h).await?;
+            let mut served = read_range(
+                link,
+                session,
+                Range {
+                    room,
+                    from: 1,
+                    to: last,
+                    keep: h,
+                },
+            )
+            .await?;
             let skip = served.len().saturating_sub(*limit);
             served.drain(..skip);
             served
@@ -258,7 +280,17 @@ pub(crate) async fn history(
             if before.epoch != epoch {
                 Vec::new()
             } else {
-                let mut served = read_range(link, session, room, 1, last, h).await?;
+                let mut served = read_range(
+                    link,
+                    session,
+                    Range {
+                        room,
+                        from: 1,
+                        to: last,
+                        keep: h,
+                    },
+                )
+                .await?;
                 served.retain(|(seq, _)| *seq < before.major);
                 let skip = served.len().saturating_sub(*limit);
                 served.drain(..skip);
@@ -270,7 +302,17 @@ pub(crate) async fn history(
             if complete && since.major < last {
                 // The position's own message must still exist: then nothing
                 // after it was trimmed.
-                let read = read_range(link, session, room, since.major, last, h + 1).await?;
+                let read = read_range(
+                    link,
+                    session,
+                    Range {
+                        room,
+                        from: since.major,
+                        to: last,
+                        keep: h + 1,
+                    },
+                )
+                .await?;
                 complete = read.first().is_some_and(|(seq, _)| *seq == since.major);
                 if complete {
                     read.into_iter().skip(1).collect()
