@@ -253,6 +253,13 @@ pub(crate) async fn history(
     let epoch = session.epoch;
     let latest = latest_seq(link, session, room).await?;
     let pos = |seq: u64| Pos::new(epoch, seq, 0);
+    // Everything the stream keeps of the room, up to its newest message.
+    let whole = |last: u64| Range {
+        room,
+        from: 1,
+        to: last,
+        keep: h,
+    };
     let mut complete = true;
     let messages = match (&query, latest) {
         (_, None) => {
@@ -261,17 +268,7 @@ pub(crate) async fn history(
         }
         (HistoryQuery::Latest { limit: 0 }, Some(_)) => Vec::new(),
         (HistoryQuery::Latest { limit }, Some(last)) => {
-            let mut served = read_range(
-                link,
-                session,
-                Range {
-                    room,
-                    from: 1,
-                    to: last,
-                    keep: h,
-                },
-            )
-            .await?;
+            let mut served = read_range(link, session, whole(last)).await?;
             let skip = served.len().saturating_sub(*limit);
             served.drain(..skip);
             served
@@ -280,17 +277,7 @@ pub(crate) async fn history(
             if before.epoch != epoch {
                 Vec::new()
             } else {
-                let mut served = read_range(
-                    link,
-                    session,
-                    Range {
-                        room,
-                        from: 1,
-                        to: last,
-                        keep: h,
-                    },
-                )
-                .await?;
+                let mut served = read_range(link, session, whole(last)).await?;
                 served.retain(|(seq, _)| *seq < before.major);
                 let skip = served.len().saturating_sub(*limit);
                 served.drain(..skip);
