@@ -410,7 +410,13 @@ impl Room {
         let Some(member) = self.members.get_mut(&conn) else {
             return Ok(());
         };
-        if let State::Pending { buffer, .. } = &member.state {
+        // A buffer that overflowed was cleared (its member is being closed):
+        // it no longer holds every change since the read, so it cannot seed.
+        let limit = self.settings.outbound_bytes;
+        if let State::Pending { buffer, bytes } = &member.state {
+            if *bytes > limit {
+                return Ok(());
+            }
             let later = buffer.iter().filter_map(|h| h.presence.as_ref());
             self.view.seed(
                 joining.present.iter().map(String::as_str),
