@@ -10,7 +10,7 @@ use async_nats::jetstream::kv::CreateErrorKind;
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 use chatmesh_broker::support::presence::Rooms;
-use chatmesh_broker::support::{self, shell::event_channel, Join, LocalPresence, Shell};
+use chatmesh_broker::support::{self, shell::event_channel, Change, LocalPresence, Shell};
 use chatmesh_broker::{
     codec, Broker, BrokerError, BrokerEvent, BrokerSettings, Capabilities, DedupeKey,
     DirectMessage, Envelope, History, HistoryLife, HistoryQuery, NodeInfo, Pos, Presence, PubSub,
@@ -310,79 +310,84 @@ impl PubSub for NatsBroker {
     }
 }
 
-/// The room lists to write for a batch of joins: a node's list changes only
-/// with its first entries in a room, that is when every entry it holds there
-/// came with this batch.
-fn new_room_lists(local: &Rooms, joins: &[Join]) -> BTreeMap<String, BTreeSet<String>> {
-    let rooms_of = |node: &str| -> BTreeSet<String> {
-        local
-            .iter()
-            .filter(|(_, e)| e.iter().any(|(_, n)| n == node))
-            .map(|(r, _)| r.clone())
-            .collect()
-    };
+/// The room lists to write for a batch: a node's list changes only with its
+/// first entries in a room, that is when every entry it holds there came
+/// with this batch's joins.
+fn new_room_lists(local: &Rooms, changes: &[Change]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut in_batch: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for c in changes.iter().filter(|c| c.present) {
+        *in_batch.entry((&c.room, &c.entry.1)).or_default() += 1;
+    }
     let mut lists = BTreeMap::new();
-    for (room, (_, node)) in joins {
-        let in_batch = joins
-            .iter()
-            .filter(|(r, (_, n))| r == room && n == node)
-            .count();
+    for ((room, node), joined) in in_batch {
         let held = local
             .get(room)
             .map_or(0, |e| e.iter().filter(|(_, n)| n == node).count());
-        if held <= in_batch && !lists.contains_key(node) {
-            lists.insert(node.clone(), rooms_of(node));
+        if held <= joined && !lists.contains_key(node) {
+            let rooms = local
+                .iter()
+                .filter(|(_, e)| e.iter().any(|(_, n)| n == node))
+                .map(|(r, _)| r.clone())
+                .collect();
+            lists.insert(node.to_owned(), rooms);
         }
     }
     lists
+}
+
+impl Inner {
+    /// A batch of presence changes: the room lists that changed, then one
+    /// compare-and-set per room, the rooms at once.
+    async fn write_changes(
+        &self,
+        lists: BTreeMap<String, BTreeSet<String>>,
+        changes: Vec<Change>,
+    ) -> Result<(), BrokerError> {
+        let session = self.session()?;
+        let (link, session) = (&self.link, &session);
+        for (node, rooms) in &lists {
+            presence::ensure_node(link, session, node).await?;
+            presence::put_node_rooms(link, session, node, rooms).await?;
+        }
+        let mut by_room: BTreeMap<String, Vec<Change>> = BTreeMap::new();
+        for c in changes {
+            by_room.entry(c.room.clone()).or_default().push(c);
+        }
+        let writes = by_room.iter().map(|(room, changes)| {
+            presence::update_room(link, session, room, move |e| {
+                for c in changes {
+                    match c.present {
+                        true => e.insert(c.entry.clone()),
+                        false => e.remove(&c.entry),
+                    };
+                }
+            })
+        });
+        futures_util::future::try_join_all(writes).await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl Presence for NatsBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let session = inner.session()?;
-        let link = &inner.link;
         inner
             .presence
-            .join_batched(room, user, node, |local, joins| {
-                let lists = new_room_lists(local, &joins);
-                let session = &session;
-                async move {
-                    for (node, rooms) in &lists {
-                        presence::ensure_node(link, session, node).await?;
-                        presence::put_node_rooms(link, session, node, rooms).await?;
-                    }
-                    let mut by_room: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-                    for (room, entry) in joins {
-                        by_room.entry(room).or_default().push(entry);
-                    }
-                    let writes = by_room.iter().map(|(room, entries)| {
-                        presence::update_room(link, session, room, move |e| {
-                            e.extend(entries.iter().cloned());
-                        })
-                    });
-                    futures_util::future::try_join_all(writes).await?;
-                    Ok(())
-                }
+            .join_batched(room, user, node, |local, changes| {
+                inner.write_changes(new_room_lists(local, &changes), changes)
             })
             .await
     }
 
     async fn presence_leave(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let entry = (user.to_owned(), node.to_owned());
         // Gone locally whatever NATS says: the next heartbeat removes it if
         // this call fails.
         inner
             .presence
-            .leave(room, user, node, async {
-                let session = inner.session()?;
-                presence::update_room(&inner.link, &session, room, |e| {
-                    e.remove(&entry);
-                })
-                .await
-                .map(|_| ())
+            .leave_batched(room, user, node, |local, changes| {
+                inner.write_changes(new_room_lists(local, &changes), changes)
             })
             .await
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chatmesh_broker::support::{self, shell::event_channel, Join, LocalPresence, Shell};
+use chatmesh_broker::support::{self, shell::event_channel, Change, LocalPresence, Shell};
 use chatmesh_broker::{
     codec, Broker, BrokerError, BrokerEvent, BrokerSettings, Capabilities, DedupeKey,
     DirectMessage, Envelope, History, HistoryQuery, NodeInfo, Pos, Presence, PresenceChange,
@@ -147,14 +147,20 @@ impl Inner {
     /// `removes`, sweeps expired fields and those of `dead` nodes. Encodes the
     /// change envelopes the script may publish, and calls again when the script
     /// found users to sweep whose `left` envelope it was not given.
-    /// A batch of joins: one `SADD` per node to its room list, then one
-    /// presence script per room, the rooms at once.
-    async fn write_joins(&self, joins: &[Join]) -> Result<(), BrokerError> {
+    /// A batch of presence changes: one `SADD` per node to its room list
+    /// (for the joins), then one presence script per room, the rooms at once.
+    async fn write_changes(&self, changes: &[Change]) -> Result<(), BrokerError> {
+        type Lists = (Vec<(String, String)>, Vec<(String, String)>);
         let mut by_node: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        let mut by_room: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
-        for (room, entry) in joins {
-            by_node.entry(&entry.1).or_default().insert(room);
-            by_room.entry(room).or_default().push(entry.clone());
+        let mut by_room: BTreeMap<&str, Lists> = BTreeMap::new();
+        for c in changes {
+            let (own, removes) = by_room.entry(&c.room).or_default();
+            if c.present {
+                by_node.entry(&c.entry.1).or_default().insert(&c.room);
+                own.push(c.entry.clone());
+            } else {
+                removes.push(c.entry.clone());
+            }
         }
         let mut conn = self.conn()?;
         for (node, rooms) in by_node {
@@ -167,7 +173,7 @@ impl Inner {
         }
         let writes = by_room
             .iter()
-            .map(|(room, own)| self.presence_sync(room, own, &[], &[]));
+            .map(|(room, (own, removes))| self.presence_sync(room, own, removes, &[]));
         futures_util::future::try_join_all(writes).await?;
         Ok(())
     }
@@ -428,19 +434,22 @@ impl Presence for RedisBroker {
         let inner = &self.inner;
         inner
             .presence
-            .join_batched(room, user, node, |_, joins| async move {
-                inner.write_joins(&joins).await
+            .join_batched(room, user, node, |_, changes| async move {
+                inner.write_changes(&changes).await
             })
             .await
     }
 
     async fn presence_leave(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        let entry = (user.to_owned(), node.to_owned());
         // Gone locally whatever Redis says: the heartbeat no longer refreshes
         // it, so it expires within the presence TTL even if this call fails.
-        let write = inner.presence_sync(room, &[], std::slice::from_ref(&entry), &[]);
-        inner.presence.leave(room, user, node, write).await
+        inner
+            .presence
+            .leave_batched(room, user, node, |_, changes| async move {
+                inner.write_changes(&changes).await
+            })
+            .await
     }
 
     async fn presence(&self, room: &str) -> Result<Vec<String>, BrokerError> {

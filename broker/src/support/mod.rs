@@ -36,5 +36,5 @@ pub use held::{Held, Turns};
 pub use link::{Backoff, LinkState};
 pub use names::NameCodec;
 pub use off_thread::OffThread;
-pub use presence::{Entries, Join, LocalPresence};
+pub use presence::{Change, Entries, LocalPresence};
 pub use shell::Shell;

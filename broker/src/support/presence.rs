@@ -8,10 +8,11 @@
 //! delete then expires with the TTL). Joins, leaves and heartbeats hold one
 //! lock, so a heartbeat never re-adds an entry a leave has just removed.
 //!
-//! That lock would make joins wait for each other's round trips, so
-//! [`LocalPresence::join_batched`] commits them in groups: a join that finds
-//! the lock busy leaves its entry in a queue, and the next holder writes every
-//! queued entry at once (one round trip per batch, not per join).
+//! That lock would make joins and leaves wait for each other's round trips,
+//! so [`LocalPresence::join_batched`] and [`LocalPresence::leave_batched`]
+//! commit them in groups: a change that finds the lock busy leaves itself in
+//! a queue, and the next holder writes every queued change at once (one round
+//! trip per batch, not per change), the last change of each entry winning.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -27,12 +28,18 @@ pub type Entries = BTreeSet<(String, String)>;
 /// Room → this node's entries in it.
 pub type Rooms = BTreeMap<String, Entries>;
 
-/// One join of a batch: the room and its `(user, node)` entry.
-pub type Join = (String, (String, String));
+/// One change of a batch: a room's `(user, node)` entry joins (`present`)
+/// or leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub room: String,
+    pub entry: (String, String),
+    pub present: bool,
+}
 
-/// A join waiting for the batch that writes it.
+/// A change waiting for the batch that writes it.
 struct Waiting {
-    join: Join,
+    change: Change,
     done: oneshot::Sender<Result<(), BrokerError>>,
 }
 
@@ -77,10 +84,10 @@ impl LocalPresence {
     }
 
     /// [`LocalPresence::join`] committed in groups (module docs): `write` gets
-    /// every join of the batch, with the lock held and the entries added, and
-    /// its result is every join's. Writing an entry twice must be harmless:
-    /// when the caller that took this join into its batch is cancelled, the
-    /// join is queued again.
+    /// the batch's changes, with the lock held and the entries added, and its
+    /// result is every change's. Writing a change twice must be harmless:
+    /// when the caller that took this one into its batch is cancelled, it is
+    /// queued again.
     pub async fn join_batched<W, F>(
         &self,
         room: &str,
@@ -89,13 +96,48 @@ impl LocalPresence {
         write: W,
     ) -> Result<(), BrokerError>
     where
-        W: Fn(&Rooms, Vec<Join>) -> F,
+        W: Fn(&Rooms, Vec<Change>) -> F,
+        F: Future<Output = Result<(), BrokerError>>,
+    {
+        self.change_batched(room, user, node, true, write).await
+    }
+
+    /// [`LocalPresence::leave`] committed in groups, like
+    /// [`LocalPresence::join_batched`]: the entry goes whatever the write says.
+    pub async fn leave_batched<W, F>(
+        &self,
+        room: &str,
+        user: &str,
+        node: &str,
+        write: W,
+    ) -> Result<(), BrokerError>
+    where
+        W: Fn(&Rooms, Vec<Change>) -> F,
+        F: Future<Output = Result<(), BrokerError>>,
+    {
+        self.change_batched(room, user, node, false, write).await
+    }
+
+    async fn change_batched<W, F>(
+        &self,
+        room: &str,
+        user: &str,
+        node: &str,
+        present: bool,
+        write: W,
+    ) -> Result<(), BrokerError>
+    where
+        W: Fn(&Rooms, Vec<Change>) -> F,
         F: Future<Output = Result<(), BrokerError>>,
     {
         loop {
             let (done, result) = oneshot::channel();
-            let join = (room.to_owned(), (user.to_owned(), node.to_owned()));
-            self.queue().push(Waiting { join, done });
+            let change = Change {
+                room: room.to_owned(),
+                entry: (user.to_owned(), node.to_owned()),
+                present,
+            };
+            self.queue().push(Waiting { change, done });
             {
                 let mut rooms = self.rooms.lock().await;
                 let batch = std::mem::take(&mut *self.queue());
@@ -114,19 +156,30 @@ impl LocalPresence {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Applies a batch locally, writes its net effect, takes back the new
+    /// entries when the write fails, and answers every waiter.
     async fn write_batch<W, F>(rooms: &mut Rooms, batch: Vec<Waiting>, write: &W)
     where
-        W: Fn(&Rooms, Vec<Join>) -> F,
+        W: Fn(&Rooms, Vec<Change>) -> F,
         F: Future<Output = Result<(), BrokerError>>,
     {
-        let (joins, done): (Vec<Join>, Vec<_>) =
-            batch.into_iter().map(|w| (w.join, w.done)).unzip();
-        let fresh: Vec<Join> = joins
-            .iter()
-            .filter(|(room, entry)| rooms.entry(room.clone()).or_default().insert(entry.clone()))
-            .cloned()
-            .collect();
-        let result = write(rooms, joins).await;
+        let (changes, done): (Vec<Change>, Vec<_>) =
+            batch.into_iter().map(|w| (w.change, w.done)).unzip();
+        let mut fresh: BTreeSet<(String, (String, String))> = BTreeSet::new();
+        for c in &changes {
+            let key = (c.room.clone(), c.entry.clone());
+            if !c.present {
+                remove(rooms, &c.room, &c.entry);
+                fresh.remove(&key);
+            } else if rooms
+                .entry(c.room.clone())
+                .or_default()
+                .insert(c.entry.clone())
+            {
+                fresh.insert(key);
+            }
+        }
+        let result = write(rooms, net(changes)).await;
         if result.is_err() {
             for (room, entry) in &fresh {
                 remove(rooms, room, entry);
@@ -223,6 +276,22 @@ impl LocalPresence {
         };
         settle(queued).await
     }
+}
+
+/// One change per entry, its last, in the order entries first appear.
+fn net(changes: Vec<Change>) -> Vec<Change> {
+    let mut at: std::collections::HashMap<(String, (String, String)), usize> = Default::default();
+    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
+    for c in changes {
+        match at.entry((c.room.clone(), c.entry.clone())) {
+            std::collections::hash_map::Entry::Occupied(i) => out[*i.get()].present = c.present,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(out.len());
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 fn remove(rooms: &mut Rooms, room: &str, entry: &(String, String)) {
@@ -337,7 +406,7 @@ mod tests {
     }
 
     impl SlowWrites {
-        async fn write(&self, joins: Vec<Join>) -> Result<(), BrokerError> {
+        async fn write(&self, joins: Vec<Change>) -> Result<(), BrokerError> {
             self.batches
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -441,5 +510,68 @@ mod tests {
         let alice = alice.await.unwrap_or_else(|e| panic!("alice's task: {e}"));
         alice.expect("alice's join is queued again and written");
         assert_eq!(s.1.batches(), vec![2, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_writes_the_last_change_of_each_entry() {
+        let p = LocalPresence::default();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let write = |_: &Rooms, changes: Vec<Change>| {
+            seen.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(changes);
+            async { Ok(()) }
+        };
+        p.join_batched("r", "alice", "n1", write)
+            .await
+            .expect("join");
+        let held = p.lock().await;
+        // Queued behind the lock: one batch, alice leaves then comes back.
+        let (leave, join) = (
+            p.leave_batched("r", "alice", "n1", write),
+            p.join_batched("r", "alice", "n1", write),
+        );
+        let both = async { tokio::join!(leave, join) };
+        tokio::pin!(both);
+        assert!(futures_poll_once(&mut both).await.is_none());
+        drop(held);
+        let (left, joined) = both.await;
+        assert!(left.is_ok() && joined.is_ok());
+        let batches = seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        assert_eq!(batches.len(), 2, "{batches:?}");
+        assert_eq!(
+            batches[1],
+            vec![Change {
+                room: "r".into(),
+                entry: ("alice".into(), "n1".into()),
+                present: true,
+            }],
+            "the leave and the join make one net change"
+        );
+        assert_eq!(p.lock().await.get("r").map(BTreeSet::len), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_batched_leave_removes_the_entry_even_when_the_broker_refuses() {
+        let p = LocalPresence::default();
+        p.join_batched("r", "alice", "n1", |_, _| async { Ok(()) })
+            .await
+            .expect("join");
+        let left = p
+            .leave_batched("r", "alice", "n1", |_, _| async { refused() })
+            .await;
+        assert!(left.is_err());
+        assert!(p.lock().await.is_empty());
+    }
+
+    /// Polls a future once; `None` while it is pending.
+    async fn futures_poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut *f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }
