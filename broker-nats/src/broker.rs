@@ -374,7 +374,7 @@ impl Presence for NatsBroker {
         let inner = &self.inner;
         inner
             .presence
-            .join_batched(room, user, node, |local, changes| {
+            .batched(Change::new(room, user, node, true), |local, changes| {
                 inner.write_changes(new_room_lists(local, &changes), changes)
             })
             .await
@@ -386,7 +386,7 @@ impl Presence for NatsBroker {
         // this call fails.
         inner
             .presence
-            .leave_batched(room, user, node, |local, changes| {
+            .batched(Change::new(room, user, node, false), |local, changes| {
                 inner.write_changes(new_room_lists(local, &changes), changes)
             })
             .await

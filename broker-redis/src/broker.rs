@@ -434,9 +434,10 @@ impl Presence for RedisBroker {
         let inner = &self.inner;
         inner
             .presence
-            .join_batched(room, user, node, |_, changes| async move {
-                inner.write_changes(&changes).await
-            })
+            .batched(
+                Change::new(room, user, node, true),
+                |_, changes| async move { inner.write_changes(&changes).await },
+            )
             .await
     }
 
@@ -446,9 +447,10 @@ impl Presence for RedisBroker {
         // it, so it expires within the presence TTL even if this call fails.
         inner
             .presence
-            .leave_batched(room, user, node, |_, changes| async move {
-                inner.write_changes(&changes).await
-            })
+            .batched(
+                Change::new(room, user, node, false),
+                |_, changes| async move { inner.write_changes(&changes).await },
+            )
             .await
     }
 

@@ -9,10 +9,10 @@
 //! lock, so a heartbeat never re-adds an entry a leave has just removed.
 //!
 //! That lock would make joins and leaves wait for each other's round trips,
-//! so [`LocalPresence::join_batched`] and [`LocalPresence::leave_batched`]
-//! commit them in groups: a change that finds the lock busy leaves itself in
-//! a queue, and the next holder writes every queued change at once (one round
-//! trip per batch, not per change), the last change of each entry winning.
+//! so [`LocalPresence::batched`] commits them in groups: a change that finds
+//! the lock busy leaves itself in a queue, and the next holder writes every
+//! queued change at once (one round trip per batch, not per change), the last
+//! change of each entry winning.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -35,6 +35,16 @@ pub struct Change {
     pub room: String,
     pub entry: (String, String),
     pub present: bool,
+}
+
+impl Change {
+    pub fn new(room: &str, user: &str, node: &str, present: bool) -> Change {
+        Change {
+            room: room.to_owned(),
+            entry: (user.to_owned(), node.to_owned()),
+            present,
+        }
+    }
 }
 
 /// A change waiting for the batch that writes it.
@@ -83,60 +93,20 @@ impl LocalPresence {
         result
     }
 
-    /// [`LocalPresence::join`] committed in groups (module docs): `write` gets
-    /// the batch's changes, with the lock held and the entries added, and its
-    /// result is every change's. Writing a change twice must be harmless:
-    /// when the caller that took this one into its batch is cancelled, it is
-    /// queued again.
-    pub async fn join_batched<W, F>(
-        &self,
-        room: &str,
-        user: &str,
-        node: &str,
-        write: W,
-    ) -> Result<(), BrokerError>
-    where
-        W: Fn(&Rooms, Vec<Change>) -> F,
-        F: Future<Output = Result<(), BrokerError>>,
-    {
-        self.change_batched(room, user, node, true, write).await
-    }
-
-    /// [`LocalPresence::leave`] committed in groups, like
-    /// [`LocalPresence::join_batched`]: the entry goes whatever the write says.
-    pub async fn leave_batched<W, F>(
-        &self,
-        room: &str,
-        user: &str,
-        node: &str,
-        write: W,
-    ) -> Result<(), BrokerError>
-    where
-        W: Fn(&Rooms, Vec<Change>) -> F,
-        F: Future<Output = Result<(), BrokerError>>,
-    {
-        self.change_batched(room, user, node, false, write).await
-    }
-
-    async fn change_batched<W, F>(
-        &self,
-        room: &str,
-        user: &str,
-        node: &str,
-        present: bool,
-        write: W,
-    ) -> Result<(), BrokerError>
+    /// A join or leave committed in groups (module docs): the change applies
+    /// to the entries at once (a leave's whatever the write says; a join's is
+    /// taken back if the write fails), and `write` gets the batch's net
+    /// changes, with the lock held, its result being every change's. Writing
+    /// a change twice must be harmless: when the caller that took this one
+    /// into its batch is cancelled, it is queued again.
+    pub async fn batched<W, F>(&self, change: Change, write: W) -> Result<(), BrokerError>
     where
         W: Fn(&Rooms, Vec<Change>) -> F,
         F: Future<Output = Result<(), BrokerError>>,
     {
         loop {
             let (done, result) = oneshot::channel();
-            let change = Change {
-                room: room.to_owned(),
-                entry: (user.to_owned(), node.to_owned()),
-                present,
-            };
+            let change = change.clone();
             self.queue().push(Waiting { change, done });
             {
                 let mut rooms = self.rooms.lock().await;
@@ -438,7 +408,7 @@ mod tests {
         let (p, w) = s.clone();
         let (room, user) = (room.to_owned(), user.to_owned());
         tokio::spawn(async move {
-            p.join_batched(&room, &user, "n1", |_, j| {
+            p.batched(Change::new(&room, &user, "n1", true), |_, j| {
                 let w = w.clone();
                 async move { w.write(j).await }
             })
@@ -522,14 +492,14 @@ mod tests {
                 .push(changes);
             async { Ok(()) }
         };
-        p.join_batched("r", "alice", "n1", write)
+        p.batched(Change::new("r", "alice", "n1", true), write)
             .await
             .expect("join");
         let held = p.lock().await;
         // Queued behind the lock: one batch, alice leaves then comes back.
         let (leave, join) = (
-            p.leave_batched("r", "alice", "n1", write),
-            p.join_batched("r", "alice", "n1", write),
+            p.batched(Change::new("r", "alice", "n1", false), write),
+            p.batched(Change::new("r", "alice", "n1", true), write),
         );
         let both = async { tokio::join!(leave, join) };
         tokio::pin!(both);
@@ -554,11 +524,15 @@ mod tests {
     #[tokio::test]
     async fn a_batched_leave_removes_the_entry_even_when_the_broker_refuses() {
         let p = LocalPresence::default();
-        p.join_batched("r", "alice", "n1", |_, _| async { Ok(()) })
-            .await
-            .expect("join");
+        p.batched(Change::new("r", "alice", "n1", true), |_, _| async {
+            Ok(())
+        })
+        .await
+        .expect("join");
         let left = p
-            .leave_batched("r", "alice", "n1", |_, _| async { refused() })
+            .batched(Change::new("r", "alice", "n1", false), |_, _| async {
+                refused()
+            })
             .await;
         assert!(left.is_err());
         assert!(p.lock().await.is_empty());
