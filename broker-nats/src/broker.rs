@@ -336,6 +336,16 @@ fn new_room_lists(local: &Rooms, changes: &[Change]) -> BTreeMap<String, BTreeSe
 }
 
 impl Inner {
+    /// A presence join or leave, committed with the others queued behind the
+    /// presence lock ([`LocalPresence::batched`]).
+    async fn change(&self, change: Change) -> Result<(), BrokerError> {
+        self.presence
+            .batched(change, |local, changes| {
+                self.write_changes(new_room_lists(local, &changes), changes)
+            })
+            .await
+    }
+
     /// A batch of presence changes: the room lists that changed, then one
     /// compare-and-set per room, the rooms at once.
     async fn write_changes(
@@ -371,24 +381,14 @@ impl Inner {
 #[async_trait]
 impl Presence for NatsBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        inner
-            .presence
-            .batched(Change::new(room, user, node, true), |local, changes| {
-                inner.write_changes(new_room_lists(local, &changes), changes)
-            })
-            .await
+        self.inner.change(Change::new(room, user, node, true)).await
     }
 
     async fn presence_leave(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
-        let inner = &self.inner;
         // Gone locally whatever NATS says: the next heartbeat removes it if
         // this call fails.
-        inner
-            .presence
-            .batched(Change::new(room, user, node, false), |local, changes| {
-                inner.write_changes(new_room_lists(local, &changes), changes)
-            })
+        self.inner
+            .change(Change::new(room, user, node, false))
             .await
     }
 

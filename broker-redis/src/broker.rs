@@ -147,6 +147,16 @@ impl Inner {
     /// `removes`, sweeps expired fields and those of `dead` nodes. Encodes the
     /// change envelopes the script may publish, and calls again when the script
     /// found users to sweep whose `left` envelope it was not given.
+    /// A presence join or leave, committed with the others queued behind the
+    /// presence lock ([`LocalPresence::batched`]).
+    async fn change(&self, change: Change) -> Result<(), BrokerError> {
+        self.presence
+            .batched(change, |_, changes| async move {
+                self.write_changes(&changes).await
+            })
+            .await
+    }
+
     /// A batch of presence changes: one `SADD` per node to its room list
     /// (for the joins), then one presence script per room, the rooms at once.
     async fn write_changes(&self, changes: &[Change]) -> Result<(), BrokerError> {
@@ -431,26 +441,14 @@ impl PubSub for RedisBroker {
 #[async_trait]
 impl Presence for RedisBroker {
     async fn presence_join(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        inner
-            .presence
-            .batched(
-                Change::new(room, user, node, true),
-                |_, changes| async move { inner.write_changes(&changes).await },
-            )
-            .await
+        self.inner.change(Change::new(room, user, node, true)).await
     }
 
     async fn presence_leave(&self, room: &str, user: &str, node: &str) -> Result<(), BrokerError> {
-        let inner = &self.inner;
         // Gone locally whatever Redis says: the heartbeat no longer refreshes
         // it, so it expires within the presence TTL even if this call fails.
-        inner
-            .presence
-            .batched(
-                Change::new(room, user, node, false),
-                |_, changes| async move { inner.write_changes(&changes).await },
-            )
+        self.inner
+            .change(Change::new(room, user, node, false))
             .await
     }
 
