@@ -17,10 +17,13 @@
 //! - [`proxy`]: a TCP proxy that can cut one node's broker link.
 //! - [`chaos`]: the chaos runner (faults injected while careful clients
 //!   publish, then every client's view checked), behind the `chaos` binary.
+//! - [`sio`]: drives the real npm `socket.io-client` (a node process running
+//!   `tests/socketio/driver.mjs`) against the node's Socket.IO endpoint.
 
 pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod node;
 pub mod proxy;
+pub mod sio;
 pub mod steps;
