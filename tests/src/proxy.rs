@@ -4,6 +4,10 @@
 //! the test calls [`TcpProxy::cut`], while the broker and every other node carry
 //! on: the way to test one node's reconnect on brokers that cannot kill a
 //! single client themselves.
+//!
+//! [`TcpProxy::retarget`] sends the connections accepted afterwards to another
+//! address: with a cut, a client that reconnects to the same URL (a Socket.IO
+//! client behind the proxy) lands on another node.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -12,9 +16,10 @@ use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// Forwards every connection on its port to `target`. Dropping it stops it.
+/// Forwards every connection on its port to its target. Dropping it stops it.
 pub struct TcpProxy {
     port: u16,
+    target: Arc<Mutex<SocketAddr>>,
     accept: JoinHandle<()>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -28,8 +33,14 @@ impl TcpProxy {
         let port = listener.local_addr().context("proxy address")?.port();
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let tracked = links.clone();
+        let target = Arc::new(Mutex::new(target));
+        let current = target.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                // Read at each accept: a retarget applies to new connections.
+                let Ok(target) = current.lock().map(|t| *t) else {
+                    return;
+                };
                 let link = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(target).await {
                         // Without this, Nagle holds the tail of every large
@@ -47,6 +58,7 @@ impl TcpProxy {
         });
         Ok(TcpProxy {
             port,
+            target,
             accept,
             links,
         })
@@ -54,6 +66,14 @@ impl TcpProxy {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Sends the connections accepted from now on to `target`; the live ones
+    /// stay where they are until [`TcpProxy::cut`].
+    pub fn retarget(&self, target: SocketAddr) {
+        if let Ok(mut current) = self.target.lock() {
+            *current = target;
+        }
     }
 
     /// Closes every connection through the proxy; new ones are still accepted.
