@@ -120,6 +120,12 @@ log "browser test (demo page in headless Chromium)"
 export CHATMESH_BIN="$PWD/target/debug/chatmesh"
 ./scripts/browser-test.sh
 
+log "npm packages for the Socket.IO tests"
+./scripts/npm-ci.sh tests/socketio
+
+log "Socket.IO driver self-test"
+node --test tests/socketio/
+
 log "rust tests"
 cargo test --workspace --no-fail-fast -- --test-threads="${CHATMESH_TEST_THREADS:-4}"
 
