@@ -36,8 +36,8 @@ use tokio::time::Instant;
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`SioDriver::connect`] waits for `connect` or `connect_error`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The client-side ack timeout of [`SioDriver::emit_ack`].
-const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The client-side ack timeout of [`SioDriver::emit_ack`], in milliseconds.
+const ACK_TIMEOUT_MS: u64 = 5000;
 /// Lines of the driver's stderr kept for error messages.
 const STDERR_TAIL_LINES: usize = 40;
 
@@ -60,15 +60,7 @@ impl SioDriver {
     pub async fn start() -> Result<SioDriver> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("socketio");
         check_installed(&dir).await?;
-        let mut child = Command::new("node")
-            .arg(dir.join("driver.mjs"))
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting node {}/driver.mjs", dir.display()))?;
+        let mut child = spawn_node(&dir)?;
         let (stdin, stdout, stderr) =
             match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
                 (Some(i), Some(o), Some(e)) => (i, o, e),
@@ -120,11 +112,13 @@ impl SioDriver {
         check_args(&args)?;
         self.acks += 1;
         let key = format!("k{}", self.acks);
-        let ms = u64::try_from(ACK_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
-        let cmd = json!({"op": "emit", "id": id, "event": event, "args": args, "ack": key, "timeout_ms": ms});
+        let mut cmd = json!({"op": "emit", "id": id, "event": event, "args": args});
+        cmd["ack"] = json!(key);
+        cmd["timeout_ms"] = json!(ACK_TIMEOUT_MS);
         self.command(cmd).await?;
         let what = format!("{id}: ack {key} of {event}");
-        self.wait_for(&what, ACK_TIMEOUT + Duration::from_secs(2), |v| {
+        let wait = Duration::from_millis(ACK_TIMEOUT_MS) + Duration::from_secs(2);
+        self.wait_for(&what, wait, |v| {
             v["type"] == "ack" && v["ack"] == key.as_str()
         })
         .await
@@ -305,6 +299,19 @@ fn check_args(args: &Value) -> Result<()> {
     Ok(())
 }
 
+/// `node driver.mjs` with piped stdio, killed when dropped.
+fn spawn_node(dir: &std::path::Path) -> Result<Child> {
+    Command::new("node")
+        .arg(dir.join("driver.mjs"))
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting node {}/driver.mjs", dir.display()))
+}
+
 /// Fails with what to run when `node` or the npm packages are missing.
 async fn check_installed(dir: &std::path::Path) -> Result<()> {
     let node = Command::new("node").arg("--version").output().await;
@@ -395,5 +402,16 @@ mod tests {
             .await?;
         driver.close("c1").await?;
         driver.shutdown().await
+    }
+
+    #[tokio::test]
+    async fn a_driver_that_exited_is_an_error() -> Result<()> {
+        let mut driver = SioDriver::start().await?;
+        driver.command(json!({"op": "exit"})).await?;
+        let Err(dead) = driver.next("c1", "connect", Duration::from_secs(5)).await else {
+            bail!("an event came from a driver that exited");
+        };
+        assert!(dead.to_string().contains("driver died"), "{dead:#}");
+        Ok(())
     }
 }
