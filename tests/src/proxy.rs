@@ -96,3 +96,38 @@ impl Drop for TcpProxy {
         self.cut();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that writes `name` to every connection and closes it.
+    async fn greeter(name: &'static [u8]) -> Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let _ = s.write_all(name).await;
+            }
+        });
+        Ok(addr)
+    }
+
+    async fn greeting(port: u16) -> Result<Vec<u8>> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await?;
+        Ok(got)
+    }
+
+    #[tokio::test]
+    async fn retarget_sends_new_connections_elsewhere() -> Result<()> {
+        let (a, b) = (greeter(b"A").await?, greeter(b"B").await?);
+        let proxy = TcpProxy::start(a).await?;
+        assert_eq!(greeting(proxy.port()).await?, b"A");
+        proxy.retarget(b);
+        assert_eq!(greeting(proxy.port()).await?, b"B");
+        Ok(())
+    }
+}
