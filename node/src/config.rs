@@ -229,6 +229,15 @@ pub struct WsConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SocketIoConfig {
+    /// Serve Socket.IO clients at `/socket.io/`.
+    pub enabled: bool,
+    /// Connection-state recovery: events carry the client's offset, and a
+    /// reconnecting client gets what it missed (`socket.recovered`).
+    pub recovery: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShutdownConfig {
     pub timeout_ms: u64,
 }
@@ -254,6 +263,7 @@ pub struct Config {
     pub dedupe: DedupeConfig,
     pub limits: LimitsConfig,
     pub ws: WsConfig,
+    pub socketio: SocketIoConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
 }
@@ -315,6 +325,10 @@ impl Default for Config {
                 heartbeat_ms: 25_000,
                 idle_timeout_ms: 60_000,
                 allowed_origins: Vec::new(),
+            },
+            socketio: SocketIoConfig {
+                enabled: true,
+                recovery: true,
             },
             shutdown: ShutdownConfig { timeout_ms: 10_000 },
             log: LogConfig {

@@ -39,6 +39,8 @@ pub struct NodeContext {
     pub upgrade_limits: Option<KeyedBuckets>,
     /// Live rooms and their presence updates in flight; the drain waits for it.
     pub tasks: TaskTracker,
+    /// Socket.IO long-polling sessions.
+    pub sio: crate::sio::session::Sessions,
 }
 
 impl NodeContext {

@@ -9,6 +9,7 @@
 //! - [`config`]: configuration keys, loading and checking.
 //! - [`server`]: wiring a node together and running it.
 //! - [`ws`]: the WebSocket upgrade, reader and framing.
+//! - [`sio`]: Socket.IO clients (Engine.IO v4, Socket.IO v5) at `/socket.io/`.
 //! - [`http`]: the operational endpoints and the demo page.
 //! - [`api`]: the HTTP API and the webhook.
 //! - [`auth`]: JWTs and API keys.
@@ -37,4 +38,5 @@ pub mod outbox;
 pub mod protocol;
 pub mod redact;
 pub mod server;
+pub mod sio;
 pub mod ws;

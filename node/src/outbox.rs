@@ -34,6 +34,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::Sleep;
 
 use crate::protocol::server::Frame;
+use crate::sio::encoder::Encoder;
 use crate::ws::frame::{self, OpCode};
 
 /// How long a close frame may wait for room in a stalled socket.
@@ -44,7 +45,6 @@ enum Control {
     Pong(Bytes),
 }
 
-#[derive(Default)]
 struct Queue {
     frames: VecDeque<Frame>,
     control: VecDeque<Control>,
@@ -56,12 +56,17 @@ struct Queue {
     closed: bool,
     /// The writer, when it waits for work.
     waker: Option<Waker>,
+    /// Socket.IO: each frame becomes the packets of its client's dialect.
+    sio: Option<Box<Encoder>>,
+    /// Long-polling: the pending poll answers even with nothing queued
+    /// (Engine.IO `noop`, so the client can finish its upgrade).
+    noop: bool,
+    owner: Owner,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     limit: usize,
-    owner: Owner,
 }
 
 /// Whose connection an outbox belongs to, for the close's log line.
@@ -136,37 +141,124 @@ impl Outbox {
 
     /// [`Outbox::new`] for the connection of `owner`.
     pub fn with_owner(limit: usize, owner: Owner) -> Self {
+        Self::build(limit, owner, None)
+    }
+
+    /// An outbox whose frames reach a Socket.IO client, through `encoder`.
+    pub fn socket_io(limit: usize, owner: Owner, encoder: Encoder) -> Self {
+        Self::build(limit, owner, Some(Box::new(encoder)))
+    }
+
+    fn build(limit: usize, owner: Owner, sio: Option<Box<Encoder>>) -> Self {
+        let queue = Queue {
+            frames: VecDeque::new(),
+            control: VecDeque::new(),
+            queued: 0,
+            close: None,
+            closed: false,
+            waker: None,
+            sio,
+            noop: false,
+            owner,
+        };
         Self {
             shared: Arc::new(Shared {
-                queue: Mutex::new(Queue::default()),
+                queue: Mutex::new(queue),
                 limit,
-                owner,
             }),
         }
     }
 
-    /// Queues a text frame.
+    /// Names the connection for the close's log line, once it is known.
+    pub fn set_owner(&self, owner: Owner) {
+        self.shared.lock().owner = owner;
+    }
+
+    /// Queues a frame: as it is, or as its Socket.IO packets.
     pub fn send(&self, frame: Frame) -> Result<(), SendError> {
         let mut q = self.shared.lock();
         if q.closed {
             return Err(SendError::Closed);
         }
-        let len = frame.len();
-        if q.queued + len > self.shared.limit {
-            // Under the same lock as the check: of two overflowing pushes,
-            // one closes and counts, the other finds the outbox closed.
-            let code = crate::protocol::close::TRY_AGAIN_LATER;
-            let reason = "slow consumer: outbound buffer full";
-            self.close_in(q, code, reason, crate::protocol::close::label(code));
-            crate::metrics::slow_consumer();
-            return Err(SendError::Overflow);
+        let packets = match q.sio.as_mut() {
+            None => return self.push(q, [frame]),
+            Some(encoder) => encoder.encode(&frame),
+        };
+        self.push(q, packets.into_iter().map(Frame::from))
+    }
+
+    /// Queues text exactly as given, past any dialect (Engine.IO packets).
+    pub fn send_raw(&self, text: Frame) -> Result<(), SendError> {
+        let q = self.shared.lock();
+        if q.closed {
+            return Err(SendError::Closed);
         }
-        q.queued += len;
-        q.frames.push_back(frame);
+        self.push(q, [text])
+    }
+
+    /// Socket.IO: answers the client's `CONNECT` (see [`Encoder::open`]).
+    pub fn sio_open(&self, recovered: Option<String>) {
+        let mut q = self.shared.lock();
+        if q.closed {
+            return;
+        }
+        let Some(encoder) = q.sio.as_mut() else {
+            return;
+        };
+        let packets = encoder.open(recovered);
+        let _ = self.push(q, packets.into_iter().map(Frame::from));
+    }
+
+    /// Socket.IO: the rooms a recovering session rejoins, and where from.
+    pub fn sio_restoring(&self, rooms: &[(String, Option<chatmesh_broker::Pos>)]) {
+        if let Some(encoder) = self.shared.lock().sio.as_mut() {
+            encoder.restoring(rooms);
+        }
+    }
+
+    /// Long-polling: answers the pending poll now (see [`Queue::noop`]).
+    pub fn noop(&self) {
+        let mut q = self.shared.lock();
+        q.noop = true;
+        let waker = q.waker.take();
+        drop(q);
+        wake(waker);
+    }
+
+    /// Pushes frames under one hold of the lock, so that the packets of one
+    /// frame stay together; what a Socket.IO encoder holds counts against
+    /// the bound too.
+    fn push(
+        &self,
+        mut q: MutexGuard<'_, Queue>,
+        frames: impl IntoIterator<Item = Frame>,
+    ) -> Result<(), SendError> {
+        let held = q.sio.as_ref().map_or(0, |e| e.held_bytes());
+        for frame in frames {
+            let len = frame.len();
+            if q.queued + held + len > self.shared.limit {
+                return self.overflow(q);
+            }
+            q.queued += len;
+            q.frames.push_back(frame);
+        }
+        if q.queued + held > self.shared.limit {
+            return self.overflow(q);
+        }
         let waker = q.waker.take();
         drop(q);
         wake(waker);
         Ok(())
+    }
+
+    fn overflow(&self, q: MutexGuard<'_, Queue>) -> Result<(), SendError> {
+        // Under the same lock as the check: of two overflowing pushes,
+        // one closes and counts, the other finds the outbox closed.
+        let code = crate::protocol::close::TRY_AGAIN_LATER;
+        let reason = "slow consumer: outbound buffer full";
+        self.close_in(q, code, reason, crate::protocol::close::label(code));
+        crate::metrics::slow_consumer();
+        Err(SendError::Overflow)
     }
 
     /// Closes the connection with a code; later frames are dropped. Only the
@@ -193,12 +285,17 @@ impl Outbox {
         q.closed = true;
         q.close = Some((code, reason.to_owned()));
         let waker = q.waker.take();
+        report(&q.owner, code, reason, label);
         drop(q);
-        report(&self.shared.owner, code, reason, label);
         wake(waker);
     }
 
+    /// A keep-alive: a WebSocket ping, or Engine.IO's own for Socket.IO.
     pub fn ping(&self, payload: Bytes) {
+        if self.shared.lock().sio.is_some() {
+            let _ = self.send_raw(Frame::from_static(crate::sio::packet::PING));
+            return;
+        }
         self.control(Control::Ping(payload));
     }
 
@@ -235,6 +332,68 @@ impl Outbox {
     }
 }
 
+/// What one long-poll of a Socket.IO client takes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Polled {
+    /// Engine.IO packets, joined into one body.
+    Body(String),
+    /// The outbox was closed and its close already taken.
+    Gone,
+}
+
+impl Outbox {
+    /// Long-polling: waits until something is queued (or a `noop` or the
+    /// close is due), then takes all of it as one Engine.IO payload. One
+    /// poll at a time: the transport makes sure of it.
+    pub fn poll(&self) -> NextPoll {
+        NextPoll {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The future of [`Outbox::poll`].
+pub struct NextPoll {
+    shared: Arc<Shared>,
+}
+
+impl Future for NextPoll {
+    type Output = Polled;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Polled> {
+        let mut q = self.shared.lock();
+        let sep = crate::sio::packet::SEPARATOR.to_string();
+        if let Some((code, reason)) = q.close.take() {
+            q.frames.clear();
+            q.queued = 0;
+            let mut parts: Vec<String> = q
+                .sio
+                .as_ref()
+                .and_then(|e| e.farewell(code, &reason))
+                .into_iter()
+                .collect();
+            parts.push(crate::sio::packet::CLOSE.to_owned());
+            return Poll::Ready(Polled::Body(parts.join(&sep)));
+        }
+        if q.closed {
+            return Poll::Ready(Polled::Gone);
+        }
+        if q.frames.is_empty() && !q.noop {
+            q.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let mut parts: Vec<Frame> = q.frames.drain(..).collect();
+        if std::mem::take(&mut q.noop) {
+            parts.push(Frame::from_static(crate::sio::packet::NOOP));
+        }
+        q.queued = 0;
+        if q.frames.capacity() > 4 {
+            q.frames = VecDeque::new();
+        }
+        Poll::Ready(Polled::Body(parts.join(sep.as_str())))
+    }
+}
+
 /// Writes an [`Outbox`] to its socket; resolves when the socket is closed or
 /// broken. Dropping it (with the write half) sends FIN.
 pub struct Writer {
@@ -258,6 +417,9 @@ impl Writer {
             q.frames.clear();
             q.control.clear();
             q.queued = 0;
+            if let Some(last) = q.sio.as_ref().and_then(|e| e.farewell(code, &reason)) {
+                frame::encode(&mut self.buf, OpCode::Text, last.as_bytes());
+            }
             frame::close(&mut self.buf, code, &reason);
             self.closing = true;
             return true;

@@ -24,7 +24,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::context::NodeContext;
 use crate::limiter::KeyedBuckets;
-use crate::{api, brokers, http, ids, ws};
+use crate::{api, brokers, http, ids, sio, ws};
 
 /// Installs the process-wide Prometheus recorder. Only the binary calls this:
 /// a process has one recorder.
@@ -94,8 +94,10 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
             )
         }),
         tasks,
+        sio: Default::default(),
         config: config.clone(),
     });
+    actix_rt::spawn(sweep_sessions(ctx.clone()));
     let shared = ctx.clone();
     let workers = match config.http.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -111,11 +113,17 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
                 shared.bridge.do_send(OfferArbiter(arbiter));
             }
             let app_ctx = shared.clone();
+            let sio_enabled = shared.config.socketio.enabled;
             let ws_ctx = shared.clone();
             let app = App::new()
                 .app_data(web::Data::new(app_ctx))
                 .configure(http::routes)
                 .configure(api::routes)
+                .configure(|cfg| {
+                    if sio_enabled {
+                        sio::polling::routes(cfg)
+                    }
+                })
                 .default_service(web::to(api::not_found));
             let upgrades =
                 fn_service(move |(req, framed)| ws::upgrade::serve(ws_ctx.clone(), req, framed));
@@ -156,6 +164,17 @@ async fn wait_for_signal() {
             tracing::error!("cannot install signal handlers; stopping only on ctrl-c");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// Closes Socket.IO sessions that never connected and forgets closed ones
+/// (see [`sio::session::Sessions::sweep`]).
+async fn sweep_sessions(ctx: Arc<NodeContext>) {
+    let timeout = Duration::from_millis(ctx.config.ws.idle_timeout_ms);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        ctx.sio.sweep(timeout, ctx.is_draining());
     }
 }
 

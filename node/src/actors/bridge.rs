@@ -205,14 +205,14 @@ impl StreamHandler<BrokerEvent> for ClusterBridge {
 
 /// A connection joins a room (first time for this connection).
 #[derive(Message)]
-#[rtype(result = "Result<Addr<Room>, ErrorCode>")]
+#[rtype(result = "Result<room::Joined, ErrorCode>")]
 pub struct JoinRoom {
     pub room: String,
     pub join: room::Join,
 }
 
 impl Handler<JoinRoom> for ClusterBridge {
-    type Result = ResponseActFuture<Self, Result<Addr<Room>, ErrorCode>>;
+    type Result = ResponseActFuture<Self, Result<room::Joined, ErrorCode>>;
 
     fn handle(&mut self, msg: JoinRoom, _ctx: &mut Self::Context) -> Self::Result {
         let name = msg.room;
@@ -244,7 +244,7 @@ impl Handler<JoinRoom> for ClusterBridge {
         };
         let reply = addr.send(msg.join);
         Box::pin(reply.into_actor(self).map(move |res, act, _ctx| match res {
-            Ok(Ok(())) => Ok(addr),
+            Ok(Ok(joined)) => Ok(joined),
             Ok(Err(code)) => {
                 act.release_room(&name, conn);
                 Err(code)

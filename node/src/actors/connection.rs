@@ -29,6 +29,9 @@ use crate::protocol::{close, parse, ErrorCode, Request};
 use crate::ws::reader::{Inbound, ReadError, Reader};
 
 mod commands;
+mod socket_io;
+
+pub use socket_io::{EnginePacket, Restore};
 
 /// See the module docs.
 pub struct Connection {
@@ -49,6 +52,8 @@ pub struct Connection {
     /// Told whether attaching to the user's actor worked; the upgrade answers
     /// only then, so a client that has its `hello` can be reached by directs.
     attached: Option<tokio::sync::oneshot::Sender<bool>>,
+    /// Set for a Socket.IO client ([`socket_io`]).
+    sio: Option<socket_io::SocketIo>,
 }
 
 impl Connection {
@@ -75,6 +80,7 @@ impl Connection {
             last_seen: Instant::now(),
             connected_ms: ids::now_ms(),
             attached: Some(attached),
+            sio: None,
             ctx,
         }
     }
@@ -109,6 +115,9 @@ impl Connection {
     /// Parses a frame into its command and runs the command's handler
     /// ([`commands`]); a frame that does not parse is a `bad_request`.
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        if self.sio.is_some() {
+            return self.on_engine(text, ctx);
+        }
         match parse(text) {
             Ok(Request { reference, command }) => self.dispatch(command, reference, ctx),
             Err(e) => self.error(ErrorCode::BadRequest, &e.message, e.reference.as_ref()),
@@ -178,6 +187,9 @@ impl Actor for Connection {
                         act.close(close::TRY_AGAIN_LATER, "broker unavailable", ctx);
                         return;
                     }
+                    if act.sio.is_some() {
+                        act.open_socket_io(ctx);
+                    }
                     if let Some(device) = act.device.clone() {
                         let broker = act.ctx.broker.clone();
                         let takeover = Envelope::Takeover(Takeover {
@@ -219,6 +231,8 @@ impl StreamHandler<Result<Inbound, ReadError>> for Connection {
         self.last_seen = Instant::now();
         match item {
             Ok(Inbound::Text(text)) => self.on_text(&text, ctx),
+            // Socket.IO attachments: their event was refused already.
+            Ok(Inbound::Binary) if self.sio.is_some() => {}
             Ok(Inbound::Binary) => self.error(
                 ErrorCode::BadRequest,
                 "binary frames are not supported; send JSON text frames",

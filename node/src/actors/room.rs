@@ -251,13 +251,29 @@ impl Actor for Room {
 
 /// A connection joins (or re-joins) this room.
 #[derive(Message)]
-#[rtype(result = "Result<(), ErrorCode>")]
+#[rtype(result = "Result<Joined, ErrorCode>")]
 pub struct Join {
     pub conn: ConnId,
     pub user: Arc<str>,
     pub outbox: Outbox,
     pub since: Option<Pos>,
     pub reference: Option<Value>,
+}
+
+/// How a join went, for a caller that must know (a recovering Socket.IO
+/// session): whether `since` was recovered, and the room's newest position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    pub recovered: bool,
+    pub latest: Option<Pos>,
+}
+
+impl Joined {
+    /// A join that was not answered: the member left or joined again meanwhile.
+    const SUPERSEDED: Joined = Joined {
+        recovered: false,
+        latest: None,
+    };
 }
 
 struct Joining {
@@ -270,7 +286,7 @@ struct Joining {
 }
 
 impl Handler<Join> for Room {
-    type Result = ResponseActFuture<Self, Result<(), ErrorCode>>;
+    type Result = ResponseActFuture<Self, Result<Joined, ErrorCode>>;
 
     fn handle(&mut self, msg: Join, _ctx: &mut Self::Context) -> Self::Result {
         let (attempt, first_of_user) = self.add_pending(msg.conn, &msg.user, msg.outbox);
@@ -388,10 +404,10 @@ impl Room {
         attempt: u64,
         read: Result<Joining, BrokerError>,
         reference: Option<&Value>,
-    ) -> Result<(), ErrorCode> {
+    ) -> Result<Joined, ErrorCode> {
         if self.members.get(&conn).is_none_or(|m| m.attempt != attempt) {
             // Left (or closed, or joined again) while joining: nothing to answer.
-            return Ok(());
+            return Ok(Joined::SUPERSEDED);
         }
         let joining = match read {
             Ok(j) => j,
@@ -408,14 +424,14 @@ impl Room {
         }
         let seen = self.presence.seq();
         let Some(member) = self.members.get_mut(&conn) else {
-            return Ok(());
+            return Ok(Joined::SUPERSEDED);
         };
         // A buffer that overflowed was cleared (its member is being closed):
         // it no longer holds every change since the read, so it cannot seed.
         let limit = self.settings.outbound_bytes;
         if let State::Pending { buffer, bytes } = &member.state {
             if *bytes > limit {
-                return Ok(());
+                return Ok(Joined::SUPERSEDED);
             }
             let later = buffer.iter().filter_map(|h| h.presence.as_ref());
             self.view.seed(
@@ -424,9 +440,13 @@ impl Room {
             );
         }
         let count = self.view.count_for(&member.user);
+        let joined = Joined {
+            recovered: joining.recovered,
+            latest: joining.latest,
+        };
         member.go_live(&self.name, joining, count, reference);
         member.presence_seen = seen;
-        Ok(())
+        Ok(joined)
     }
 }
 

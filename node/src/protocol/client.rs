@@ -65,12 +65,18 @@ pub fn parse(text: &str) -> Result<Request, FrameError> {
         reference: None,
         message: format!("frame is not valid JSON: {e}"),
     })?;
-    let Value::Object(mut obj) = value else {
+    let Value::Object(obj) = value else {
         return Err(FrameError {
             reference: None,
             message: "frame must be a JSON object".into(),
         });
     };
+    from_object(obj)
+}
+
+/// Reads a frame already parsed into its JSON object; other dialects
+/// ([`crate::sio`]) build that object and share every rule of a frame.
+pub fn from_object(mut obj: Map<String, Value>) -> Result<Request, FrameError> {
     let reference = reference(&mut obj)?;
     match Command::parse(obj) {
         Ok(command) => Ok(Request { reference, command }),

@@ -44,7 +44,12 @@ pub async fn serve(
     req: Request,
     framed: Framed<TcpStream, h1::Codec>,
 ) -> Result<(), actix_http::Error> {
-    if let Err(e) = connect(ctx, req, framed).await {
+    let path = req.head().uri.path();
+    let ended = match crate::sio::is_path(path) {
+        true => crate::sio::websocket::connect(ctx, req, framed).await,
+        false => connect(ctx, req, framed).await,
+    };
+    if let Err(e) = ended {
         tracing::debug!(cause = %e, "websocket upgrade ended with a socket error");
     }
     Ok(())
@@ -111,8 +116,8 @@ async fn connect(
     Ok(())
 }
 
-/// The checks before an upgrade, in the order a client can fix them; the
-/// rate of attempts comes first among the real checks, so that guessing
+/// The checks before an upgrade, in the order a client can fix them;
+/// the rate of attempts comes first among the real checks, so that guessing
 /// tokens costs as much as connecting.
 fn accept(
     ctx: &Ctx,
@@ -125,6 +130,28 @@ fn accept(
     }
     ws::verify_handshake(head)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, &format!("websocket handshake: {e}")))?;
+    admit(ctx, &head.headers, peer)?;
+    let query = query(head.uri.query().unwrap_or(""));
+    let credentials = Credentials {
+        user: query.get("user").map(String::as_str),
+        token: query.get("token").map(String::as_str),
+        device: query.get("device").map(String::as_str),
+    };
+    let (identity, device) = identify(ctx, &head.headers, &credentials)?;
+    Ok((identity, device, handshake_key(head)))
+}
+
+/// The WebSocket key of an upgrade request, for its 101.
+pub fn handshake_key(head: &actix_http::RequestHead) -> Vec<u8> {
+    head.headers
+        .get(actix_http::header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+/// The checks every new client passes, whatever its transport: the rate of
+/// attempts from its address, its browser `Origin`, and a node ready for it.
+pub fn admit(ctx: &Ctx, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<(), ApiError> {
     if let (Some(limits), Some(ip)) = (&ctx.upgrade_limits, peer) {
         if !limits.try_take(&limiter::address_key(ip), std::time::Instant::now()) {
             crate::metrics::error(ErrorCode::RateLimited);
@@ -136,7 +163,7 @@ fn accept(
     }
     // Browsers always send `Origin`; clients that are not browsers may not,
     // and are not what this protects against (they can send any header).
-    if let Some(origin) = head.headers.get(actix_http::header::ORIGIN) {
+    if let Some(origin) = headers.get(actix_http::header::ORIGIN) {
         let allowed = ctx.config.ws.allowed_origins.is_empty()
             || origin.to_str().is_ok_and(|o| ctx.config.origin_allowed(o));
         if !allowed {
@@ -153,48 +180,51 @@ fn accept(
             "node not ready: broker not connected or draining",
         ));
     }
-    let query = query(head.uri.query().unwrap_or(""));
-    let identity = identify(&head.headers, &query, ctx)?;
-    let device = match query.get("device") {
-        None => None,
-        Some(d) => Some(rules::name("device", d.clone())?),
-    };
-    let key = head
-        .headers
-        .get(actix_http::header::SEC_WEBSOCKET_KEY)
-        .map(|k| k.as_bytes().to_vec())
-        .unwrap_or_default();
-    Ok((identity, device, key))
+    Ok(())
 }
 
-fn query(raw: &str) -> HashMap<String, String> {
+/// The query string as a map; a malformed one counts as empty.
+pub fn query(raw: &str) -> HashMap<String, String> {
     serde_urlencoded::from_str(raw).unwrap_or_default()
 }
 
-fn identify(
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
-    ctx: &Ctx,
-) -> Result<Identity, ApiError> {
-    match ctx.auth.mode() {
-        AuthMode::None => match query.get("user") {
-            None => Ok(Identity::unrestricted(ids::guest_id())),
-            Some(u) => Ok(Identity::unrestricted(rules::name("user", u.clone())?)),
-        },
-        AuthMode::Jwt => {
-            let token = query
-                .get("token")
-                .map(String::as_str)
-                .or_else(|| crate::http::bearer(headers));
-            token
-                .ok_or(AuthError::Missing)
-                .and_then(|t| ctx.auth.verify(t))
-                .map_err(|e| ApiError::new(ErrorCode::Unauthorized, &e.to_string()))
-        }
-    }
+/// What a client presents to say who it is (the query of `/ws`, the `auth`
+/// of a Socket.IO `CONNECT`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Credentials<'a> {
+    pub user: Option<&'a str>,
+    pub token: Option<&'a str>,
+    pub device: Option<&'a str>,
 }
 
-fn switching_protocols(key: &[u8]) -> Vec<u8> {
+/// The identity and device of a client, by the rules of `auth.mode`; a
+/// token may also come as `Authorization: Bearer`.
+pub fn identify(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    credentials: &Credentials<'_>,
+) -> Result<(Identity, Option<String>), ApiError> {
+    let identity = match ctx.auth.mode() {
+        AuthMode::None => match credentials.user {
+            None => Identity::unrestricted(ids::guest_id()),
+            Some(u) => Identity::unrestricted(rules::name("user", u.to_owned())?),
+        },
+        AuthMode::Jwt => credentials
+            .token
+            .or_else(|| crate::http::bearer(headers))
+            .ok_or(AuthError::Missing)
+            .and_then(|t| ctx.auth.verify(t))
+            .map_err(|e| ApiError::new(ErrorCode::Unauthorized, &e.to_string()))?,
+    };
+    let device = match credentials.device {
+        None => None,
+        Some(d) => Some(rules::name("device", d.to_owned())?),
+    };
+    Ok((identity, device))
+}
+
+/// The 101 answer to an upgrade with this key.
+pub fn switching_protocols(key: &[u8]) -> Vec<u8> {
     let accept = ws::hash_key(key);
     let mut res = Vec::with_capacity(160);
     res.extend_from_slice(
@@ -206,7 +236,7 @@ fn switching_protocols(key: &[u8]) -> Vec<u8> {
 }
 
 /// Answers a refused upgrade with its JSON error and closes the socket.
-async fn refuse(io: &mut TcpStream, e: &ApiError) -> Result<(), std::io::Error> {
+pub async fn refuse(io: &mut TcpStream, e: &ApiError) -> Result<(), std::io::Error> {
     let body = crate::http::error_body(e.code, &e.message);
     let status = actix_http::StatusCode::from_u16(e.code.http_status())
         .unwrap_or(actix_http::StatusCode::INTERNAL_SERVER_ERROR);

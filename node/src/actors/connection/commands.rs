@@ -45,10 +45,23 @@ impl Connection {
         }
     }
 
-    fn join(&mut self, Join { room, since }: Join, reference: Ref, ctx: &mut Context<Self>) {
+    fn join(&mut self, join: Join, reference: Ref, ctx: &mut Context<Self>) {
+        self.join_then(join, reference, ctx, |_, _, _| {});
+    }
+
+    /// Joins, then tells `done` how it went (a refusal already answered).
+    pub(super) fn join_then<F>(
+        &mut self,
+        Join { room, since }: Join,
+        reference: Ref,
+        ctx: &mut Context<Self>,
+        done: F,
+    ) where
+        F: FnOnce(&mut Self, Result<room::Joined, ErrorCode>, &mut Context<Self>) + 'static,
+    {
         if !self.permitted(&room, reference.as_ref()) || !self.room_left(&room, reference.as_ref())
         {
-            return;
+            return done(self, Err(ErrorCode::Forbidden), ctx);
         }
         // Recorded before the answer so that a close while joining still leaves.
         self.rooms.insert(room.clone());
@@ -63,9 +76,9 @@ impl Connection {
             },
         };
         let sent = self.ctx.bridge.send(request).into_actor(self);
-        ctx.wait(sent.map(move |res, act, _| {
+        ctx.wait(sent.map(move |res, act, ctx| {
             let code = match res {
-                Ok(Ok(_)) => return,
+                Ok(Ok(joined)) => return done(act, Ok(joined), ctx),
                 Ok(Err(code)) => code,
                 Err(_) => ErrorCode::Internal,
             };
@@ -75,6 +88,7 @@ impl Connection {
                 _ => "join failed",
             };
             act.error(code, message, reference.as_ref());
+            done(act, Err(code), ctx);
         }));
     }
 
