@@ -144,12 +144,13 @@ process.on("exit", () => {
 
 // ---- page helpers ----------------------------------------------------------
 
-async function openChat(context, name, user, room) {
+async function openChat(context, name, user, room, query = "") {
   const page = await context.newPage();
   pages[name] = page;
   page.setDefaultTimeout(WAIT);
   page.on("pageerror", (e) => console.log(`# [${name}] page error: ${e.message}`));
-  await page.goto(pageUrl, { timeout: 10000 });
+  const url = query ? pageUrl + (pageUrl.includes("?") ? "&" : "?") + query : pageUrl;
+  await page.goto(url, { timeout: 10000 });
   await page.fill("#user", user);
   await page.fill("#room", room);
   await page.click("#connect");
@@ -240,5 +241,30 @@ test("two users chat, see presence, typing and the node; a returning user recove
   } finally {
     await aliceCtx.close().catch(() => {});
     await bobCtx.close().catch(() => {});
+  }
+});
+
+test("a Socket.IO page and a native page chat in one room", { timeout: 60000 }, async () => {
+  const room = `sio-${Date.now().toString(36)}`;
+  const tag = Math.random().toString(36).slice(2, 8);
+  const nativeCtx = await browser.newContext({ viewport: { width: 900, height: 560 } });
+  const sioCtx = await browser.newContext({ viewport: { width: 900, height: 560 } });
+  try {
+    const dana = await openChat(nativeCtx, "dana", "dana", room);
+    const erin = await openChat(sioCtx, "erin", "erin", room, "transport=socketio");
+    assert.match(await erin.textContent("#node"), /socket\.io/, "erin's page is on Socket.IO");
+    await say(erin, `from socket.io ${tag}`);
+    await waitText(dana, "#messages .msg", `from socket.io ${tag}`, "erin's message in dana's page");
+    await say(dana, `from /ws ${tag}`);
+    await waitText(erin, "#messages .msg", `from /ws ${tag}`, "dana's message in erin's page");
+    await waitText(erin, "#presence li", "dana", "dana in erin's presence");
+    await waitText(dana, "#presence li", "erin", "erin in dana's presence");
+    await erin.screenshot({ path: path.join(outDir, "chat-socketio.png"), timeout: WAIT });
+  } catch (e) {
+    await screenshotAll("failure-sio");
+    throw e;
+  } finally {
+    await nativeCtx.close().catch(() => {});
+    await sioCtx.close().catch(() => {});
   }
 });

@@ -20,8 +20,23 @@ use crate::context::Ctx;
 use crate::http::ApiError;
 use crate::outbox::Polled;
 
-/// Registers the polling endpoint, with and without the trailing slash.
+/// The browser build of `socket.io-client` (4.8.4, MIT; its licence header
+/// is in the file), served like a Socket.IO server does, for the demo page
+/// and for pages that load the client from the server.
+const CLIENT_BUNDLE: &str = include_str!("../demo/socket.io.min.js");
+
+/// Registers the polling endpoint, with and without the trailing slash, and
+/// the client bundle.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/socket.io/socket.io.min.js",
+        web::get().to(|| async {
+            HttpResponse::Ok()
+                .content_type("application/javascript; charset=utf-8")
+                .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
+                .body(CLIENT_BUNDLE)
+        }),
+    );
     for path in [super::PATH, super::PATH.trim_end_matches('/')] {
         cfg.route(path, web::get().to(get))
             .route(path, web::post().to(post))
@@ -163,15 +178,20 @@ async fn post(req: HttpRequest, ctx: web::Data<Ctx>, body: web::Payload) -> Http
     text(&req, &ctx, "ok".to_owned())
 }
 
-/// The request body, or `None` once it grows past `max` bytes.
+/// The request body, or `None` when it is over `max` bytes. The rest of a
+/// body a little too large is read and dropped, so that the client, still
+/// sending it, gets the 413 rather than a reset connection.
 async fn read_limited(mut body: web::Payload, max: usize) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
+    let (mut out, mut seen) = (Vec::new(), 0usize);
     while let Some(chunk) = body.next().await {
         let chunk = chunk.ok()?;
-        if out.len() + chunk.len() > max {
+        seen += chunk.len();
+        if seen > max.saturating_mul(4) {
             return None;
         }
-        out.extend_from_slice(&chunk);
+        if seen <= max {
+            out.extend_from_slice(&chunk);
+        }
     }
-    Some(out)
+    (seen <= max).then_some(out)
 }
