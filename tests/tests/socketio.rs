@@ -129,14 +129,16 @@ async fn default_client_chats_with_a_native_client(backend: Backend) {
         .unwrap_or_else(|e| panic!("the default client upgrades to websocket: {e:#}"));
 }
 
-/// WebSocket-only clients on both nodes: media messages and other events keep
-/// their name and shape across nodes; errors come back in the ack.
-async fn websocket_clients_relay_every_event_across_nodes(backend: Backend) {
+/// A polling-only client on node 0 and a WebSocket-only one on node 1: media
+/// messages and other events keep their name and shape across nodes; errors
+/// come back in the ack.
+async fn single_transport_clients_relay_every_event_across_nodes(backend: Backend) {
     let cluster = cluster(backend).await;
     let mut d = driver().await;
     let room = cluster.room();
+    let polling = json!({"transports": ["polling"]});
     let ws = json!({"transports": ["websocket"]});
-    connect(&mut d, "a", &cluster.url(0), &cluster.user("a"), ws.clone()).await;
+    connect(&mut d, "a", &cluster.url(0), &cluster.user("a"), polling).await;
     connect(&mut d, "b", &cluster.url(1), &cluster.user("b"), ws).await;
     let refused = ask(
         &mut d,
@@ -178,10 +180,32 @@ async fn websocket_clients_relay_every_event_across_nodes(backend: Backend) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// How a client loses node 0 in the recovery tests.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// The network drops its connection.
+    Cut,
+    /// Node 0 shuts down (SIGTERM: 1012 to every client).
+    Restart,
+}
+
 /// A client's link to node 0 drops; it reconnects through the same address,
 /// which now leads to node 1, and gets exactly the messages it missed, then the
-/// live ones (`socket.recovered`).
+/// live ones (`socket.recovered`), while a native client publishes all along.
 async fn a_dropped_client_recovers_on_the_other_node(backend: Backend) {
+    recovers_on_the_other_node(backend, Loss::Cut).await;
+}
+
+/// The same when node 0 shuts down: its Socket.IO clients move over.
+async fn a_restart_moves_clients_over_with_recovery(backend: Backend) {
+    if backend == Backend::Memory {
+        eprintln!("SKIPPED memory::a_restart_moves_clients_over_with_recovery: one node only");
+        return;
+    }
+    recovers_on_the_other_node(backend, Loss::Restart).await;
+}
+
+async fn recovers_on_the_other_node(backend: Backend, loss: Loss) {
     let cluster = cluster(backend).await;
     let mut d = driver().await;
     let room = cluster.room();
@@ -189,34 +213,44 @@ async fn a_dropped_client_recovers_on_the_other_node(backend: Backend) {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     let url = format!("http://127.0.0.1:{}", proxy.port());
-    let opts = json!({"reconnectionDelay": 1000, "reconnectionDelayMax": 1000});
+    let opts = json!({"reconnectionDelay": 300, "reconnectionDelayMax": 300});
     let first = connect(&mut d, "s", &url, &cluster.user("sio"), opts).await;
     assert_eq!(first["recovered"], false, "{first}");
     let mut n = native(&cluster, 1, &cluster.user("nat")).await;
     sio_join(&mut d, "s", &room).await;
     join(&mut n, &room).await;
-    send(&mut n, publish(&room, json!("m1"))).await;
-    assert_eq!(event(&mut d, "s", "message").await[0]["text"], "m1");
-
+    let texts: Vec<String> = (1..=30).map(|i| format!("m{i}")).collect();
+    for t in &texts[..10] {
+        send(&mut n, publish(&room, json!(t))).await;
+    }
+    for t in &texts[..10] {
+        assert_eq!(event(&mut d, "s", "message").await[0]["text"], t.as_str());
+    }
     proxy.retarget(address(&cluster, 1));
-    proxy.cut();
-    d.next("s", "disconnect", WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("the cut is seen: {e:#}"));
-    for text in ["m2", "m3"] {
-        send(&mut n, publish(&room, json!(text))).await;
+    match loss {
+        Loss::Cut => {
+            proxy.cut();
+        }
+        Loss::Restart => cluster.terminate_node(0).unwrap_or_else(|e| panic!("{e:#}")),
+    }
+    // Published while the client notices, reconnects and recovers.
+    for t in &texts[10..20] {
+        send(&mut n, publish(&room, json!(t))).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let again = d
         .next("s", "connect", Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("reconnecting: {e:#}"));
     assert_eq!(again["recovered"], true, "{again}");
-    send(&mut n, publish(&room, json!("m4"))).await;
-    let mut texts = Vec::new();
-    while texts.len() < 3 {
-        texts.push(event(&mut d, "s", "message").await[0]["text"].clone());
+    for t in &texts[20..] {
+        send(&mut n, publish(&room, json!(t))).await;
     }
-    assert_eq!(texts, [json!("m2"), json!("m3"), json!("m4")]);
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        got.push(event(&mut d, "s", "message").await[0]["text"].clone());
+    }
+    assert_eq!(got, texts[10..].iter().map(|t| json!(t)).collect::<Vec<_>>());
     d.expect_none("s", "event:message", Duration::from_millis(300))
         .await
         .unwrap_or_else(|e| panic!("nothing twice: {e:#}"));
@@ -236,8 +270,9 @@ macro_rules! socketio_suite {
             use super::Backend;
             socketio_suite!(@tests $backend;
                 default_client_chats_with_a_native_client,
-                websocket_clients_relay_every_event_across_nodes,
+                single_transport_clients_relay_every_event_across_nodes,
                 a_dropped_client_recovers_on_the_other_node,
+                a_restart_moves_clients_over_with_recovery,
             );
         }
     };
