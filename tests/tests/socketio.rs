@@ -231,7 +231,9 @@ async fn recovers_on_the_other_node(backend: Backend, loss: Loss) {
         Loss::Cut => {
             proxy.cut();
         }
-        Loss::Restart => cluster.terminate_node(0).unwrap_or_else(|e| panic!("{e:#}")),
+        Loss::Restart => cluster
+            .terminate_node(0)
+            .unwrap_or_else(|e| panic!("{e:#}")),
     }
     // Published while the client notices, reconnects and recovers.
     for t in &texts[10..20] {
@@ -250,7 +252,10 @@ async fn recovers_on_the_other_node(backend: Backend, loss: Loss) {
     while got.len() < 20 {
         got.push(event(&mut d, "s", "message").await[0]["text"].clone());
     }
-    assert_eq!(got, texts[10..].iter().map(|t| json!(t)).collect::<Vec<_>>());
+    assert_eq!(
+        got,
+        texts[10..].iter().map(|t| json!(t)).collect::<Vec<_>>()
+    );
     d.expect_none("s", "event:message", Duration::from_millis(300))
         .await
         .unwrap_or_else(|e| panic!("nothing twice: {e:#}"));
@@ -498,4 +503,62 @@ async fn identity_comes_from_the_auth_token() {
         got[0]["chatmesh"]["from"], "tess",
         "the token's sub: {got:?}"
     );
+}
+
+/// When history no longer reaches back to the client's offset, the session
+/// is not recovered: `socket.recovered` is false and the node left the rooms
+/// it had rejoined, so nothing arrives until the client joins again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_missed_too_much_starts_afresh() {
+    let node = node_with(&[("CHATMESH_HISTORY__SIZE", "3")]).await;
+    let mut d = driver().await;
+    let url = node.url();
+    let opts =
+        json!({"transports": ["websocket"], "reconnectionDelay": 500, "reconnectionDelayMax": 500});
+    connect(&mut d, "s", &url, "sam", opts).await;
+    let mut n = Client::connect(&node.ws_url("user=nia"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .ignoring(&["presence_diff"]);
+    let room = "small-history";
+    sio_join(&mut d, "s", room).await;
+    join(&mut n, room).await;
+    send(&mut n, publish(room, json!("seen"))).await;
+    assert_eq!(event(&mut d, "s", "message").await[0]["text"], "seen");
+    d.drop_transport("s")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    d.next("s", "disconnect", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    for i in 0..5 {
+        send(&mut n, publish(room, json!(format!("lost {i}")))).await;
+    }
+    let again = d
+        .next("s", "connect", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(again["recovered"], false, "{again}");
+    // Left on the node too, not only hidden from the client: sam leaves presence.
+    let mut users = Value::Null;
+    for _ in 0..50 {
+        send(&mut n, json!({"type": "presence", "room": room})).await;
+        users = recv_until(&mut n, "presence").await["users"].clone();
+        if users == json!(["nia"]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        users,
+        json!(["nia"]),
+        "the rooms rejoined for the recovery are left"
+    );
+    send(&mut n, publish(room, json!("after"))).await;
+    d.expect_none("s", "event:message", Duration::from_millis(500))
+        .await
+        .unwrap_or_else(|e| panic!("the rejoined room was left again: {e:#}"));
+    sio_join(&mut d, "s", room).await;
+    send(&mut n, publish(room, json!("live"))).await;
+    assert_eq!(event(&mut d, "s", "message").await[0]["text"], "live");
 }
