@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target (fuzz/fuzz_targets: client_frame, envelope_decode,
-# log_records, http_bodies, ws_reader — whatever `cargo fuzz list` names) at once for SECS seconds each
+# log_records, http_bodies, ws_reader, sio_packets — whatever `cargo fuzz list` names) at once for SECS seconds each
 # (default 20) on the corpora kept in fuzz/corpus; new inputs go to a temp dir,
 # so the kept corpora change only when someone copies them in on purpose.
 # Exits non-zero when a target crashes: its input is in fuzz/artifacts/<target>/.

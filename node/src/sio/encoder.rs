@@ -166,23 +166,24 @@ impl Encoder {
         // position on. Without one, the client starts at the newest.
         let known = self.rooms.get(&room).cloned().flatten();
         self.rooms.insert(room, known.or(latest));
-        let body = reply(f);
-        let mut out = answer(ack, "joined", body.clone());
-        let mut args = vec![body];
-        args.extend(self.offset());
-        out.push(packet::event("joined", args));
-        out
+        self.membership("joined", f, ack)
     }
 
     fn left(&mut self, f: Map<String, Value>, ack: Option<u64>) -> Vec<String> {
         if let Some(room) = f.get("room").and_then(Value::as_str) {
             self.rooms.remove(room);
         }
+        self.membership("left", f, ack)
+    }
+
+    /// A join's or leave's answer: the ack, then an event with the new
+    /// offset (acks carry none, and the client must learn its rooms).
+    fn membership(&self, what: &str, f: Map<String, Value>, ack: Option<u64>) -> Vec<String> {
         let body = reply(f);
-        let mut out = answer(ack, "left", body.clone());
+        let mut out = answer(ack, what, body.clone());
         let mut args = vec![body];
         args.extend(self.offset());
-        out.push(packet::event("left", args));
+        out.push(packet::event(what, args));
         out
     }
 

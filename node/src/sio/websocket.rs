@@ -157,10 +157,12 @@ fn start_writer(session: &Arc<Session>, write: OwnedWriteHalf) {
 }
 
 /// Reads the socket until the session's `CONNECT` started its connection
-/// (or the session ended, or the client went quiet for `timeout`).
+/// (or the session ended, or `timeout` passed: a client that sends anything
+/// but its `CONNECT` is not kept waiting for longer).
 async fn wait_for_connect(ctx: &Ctx, session: &Session, reader: &mut Reader, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
     while session.is_opening() {
-        match tokio::time::timeout(timeout, reader.next()).await {
+        match tokio::time::timeout_at(deadline, reader.next()).await {
             Ok(Some(Ok(Inbound::Text(t)))) => session.inbound(ctx, t.to_string()),
             Ok(Some(Ok(Inbound::Binary | Inbound::Ping(_) | Inbound::Pong))) => {}
             _ => return,
